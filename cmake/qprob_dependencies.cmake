@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: Apache-2.0
+# Finding qprob's third-party dependencies. Every failure names the Debian package that provides it, so a
+# fresh machine is one apt-get away from building (tools/install-deps.sh installs them all).
+include_guard(GLOBAL)
+
+# qprob_require_package(<Package> APT <debian-package> [TARGET <imported-target>] [HEADER <relpath>]
+#                       [VERSION <min>])
+# find_package(<Package> CONFIG) first. Header-only packages may instead be found as a bare header in
+# QPROB_EXTRA_INCLUDE_DIRS (the GPU machine has no nlohmann-json package; a copy of the Debian headers
+# travels there, see docs/development.md), in which case an INTERFACE imported <imported-target> is made.
+function(qprob_require_package package)
+  cmake_parse_arguments(arg "" "APT;TARGET;HEADER;VERSION" "" ${ARGN})
+  if(arg_TARGET AND TARGET ${arg_TARGET})
+    return()
+  endif()
+  find_package(${package} ${arg_VERSION} CONFIG QUIET)
+  if(${package}_FOUND)
+    return()
+  endif()
+  if(arg_HEADER AND arg_TARGET)
+    find_path(_qprob_${package}_dir ${arg_HEADER} HINTS ${QPROB_EXTRA_INCLUDE_DIRS} NO_CACHE)
+    if(_qprob_${package}_dir)
+      add_library(${arg_TARGET} INTERFACE IMPORTED GLOBAL)
+      set_target_properties(${arg_TARGET} PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_qprob_${package}_dir}")
+      message(STATUS "qprob: ${package} found as a header in ${_qprob_${package}_dir}")
+      return()
+    endif()
+  endif()
+  message(FATAL_ERROR
+    "qprob: ${package} was not found. On Debian/Ubuntu install it with:\n"
+    "    apt-get install ${arg_APT}\n"
+    "or run tools/install-deps.sh, which installs every build dependency.")
+endfunction()
+
+# Boost.Math is header-only; Debian's libboost-math-dev ships no CMake package of its own in every
+# release, so BoostConfig (libboost-dev) is used and the headers are checked explicitly.
+function(qprob_require_boost_math)
+  if(TARGET Boost::headers)
+    return()
+  endif()
+  find_package(Boost 1.74 QUIET CONFIG)
+  if(NOT Boost_FOUND)
+    find_package(Boost 1.74 QUIET)
+  endif()
+  if(NOT Boost_FOUND OR NOT TARGET Boost::headers)
+    message(FATAL_ERROR
+      "qprob: Boost (>= 1.74, headers) was not found. On Debian/Ubuntu install it with:\n"
+      "    apt-get install libboost-dev libboost-math-dev")
+  endif()
+  get_target_property(_inc Boost::headers INTERFACE_INCLUDE_DIRECTORIES)
+  find_path(_qprob_boost_math boost/math/distributions/students_t.hpp HINTS ${_inc} NO_CACHE)
+  if(NOT _qprob_boost_math)
+    message(FATAL_ERROR
+      "qprob: Boost.Math headers were not found next to Boost (${_inc}). Install them with:\n"
+      "    apt-get install libboost-math-dev")
+  endif()
+endfunction()
