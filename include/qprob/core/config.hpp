@@ -20,7 +20,7 @@
 #  define QPROB_DEVICE_COMPILATION 0
 #endif
 
-#if defined(__CUDACC__) || defined(__clang__)
+#if defined(__CUDA_ARCH__) || defined(__clang__)
 #  define QPROB_UNROLL _Pragma("unroll")
 #else
 #  define QPROB_UNROLL

@@ -73,15 +73,15 @@ struct precision {
                     : Bits + (GroupSize == per_channel ? 0.0 : (16.0 + (Symmetric ? 0.0 : Bits)) / GroupSize);
 
   /// Input columns per group for a layer with `in_features` inputs.
-  [[nodiscard]] static constexpr long long group_width(long long in_features) noexcept {
+  [[nodiscard]] QPROB_HOST_DEVICE static constexpr long long group_width(long long in_features) noexcept {
     return GroupSize == per_channel ? in_features : GroupSize;
   }
   /// Number of groups along the input dimension (the last one may be partial).
-  [[nodiscard]] static constexpr long long groups(long long in_features) noexcept {
+  [[nodiscard]] QPROB_HOST_DEVICE static constexpr long long groups(long long in_features) noexcept {
     return in_features == 0 ? 0 : ceil_div(in_features, group_width(in_features));
   }
   /// 32-bit words per output channel of packed codes (the input dimension padded to whole pack blocks).
-  [[nodiscard]] static constexpr long long packed_words(long long in_features) noexcept {
+  [[nodiscard]] QPROB_HOST_DEVICE static constexpr long long packed_words(long long in_features) noexcept {
     return ceil_div(in_features, static_cast<long long>(pack_block_values)) * pack_block_words;
   }
 };

@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(Tuning::threads)
   const T* src           = args.w + row * args.ld;
 
   // min/max over 16-bit values are exact in float.
-  float lo = detail::to_float_device(src[k0]);
+  float lo = qprob::detail::to_float_device(src[k0]);
   float hi = lo;
   if (args.vector_loads) {
     for (std::int64_t c = k0 + 8 * lane; c < k1; c += 8 * 32) {
@@ -131,14 +131,14 @@ __global__ void __launch_bounds__(Tuning::threads)
       detail::load_row_segment<8>(src + c, v);
       QPROB_UNROLL
       for (int i = 0; i < 8; ++i) {
-        const float x = detail::to_float_device(v[i]);
+        const float x = qprob::detail::to_float_device(v[i]);
         lo            = fminf(lo, x);
         hi            = fmaxf(hi, x);
       }
     }
   } else {
     for (std::int64_t c = k0 + lane; c < k1; c += 32) {
-      const float x = detail::to_float_device(src[c]);
+      const float x = qprob::detail::to_float_device(src[c]);
       lo            = fminf(lo, x);
       hi            = fmaxf(hi, x);
     }
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(Tuning::threads)
     xmin = -1;
     xmax = 1;
   }
-  half_t scale = detail::half_from_double_device((xmax - xmin) / P::max_code);
+  half_t scale = qprob::detail::half_from_double_device((xmax - xmin) / P::max_code);
   if ((scale.bits & 0x7fffu) == 0) {
     scale = half_t{0x0001};  // smallest fp16 subnormal; see reference/rtn.hpp
   }
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(Tuning::threads) rtn_pack_kernel(detail::rtn_p
       scale = __half2float(__ushort_as_half(args.scales[gi].bits));
       zero  = static_cast<float>(args.zeros[gi]);
     }
-    const float q = detail::round_quotient(detail::to_float_device(v[j]), scale) + zero;
+    const float q = detail::round_quotient(qprob::detail::to_float_device(v[j]), scale) + zero;
     codes[j]      = k0 + j < args.k ? static_cast<std::uint32_t>(fminf(fmaxf(q, 0.0f), float(P::max_code))) : 0u;
   }
   std::uint32_t words[P::pack_block_words];
@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(Tuning::threads) dequantize_kernel(detail::deq
     const float zero     = static_cast<float>(args.zeros[g * args.n + row]);
     // scale (11 significant bits) times a code difference (at most 9 bits) is exact in float, so the only
     // rounding is the final one to T, as in the double reference.
-    v[j] = detail::from_float_device<T>(scale * (static_cast<float>(unpack_code<P>(words, j)) - zero));
+    v[j] = qprob::detail::from_float_device<T>(scale * (static_cast<float>(unpack_code<P>(words, j)) - zero));
   }
   T* dst = args.out + row * args.ld + k0;
   if (args.vector_stores && k0 + values <= args.k) {
@@ -288,12 +288,12 @@ cudaError_t launch_rtn_quantize(const rtn_params_args<typename P::compute_type>&
   }
   const dim3 params_grid(static_cast<unsigned>(ceil_div(segments, std::int64_t{params_tuning::warps})));
   rtn_params_kernel<P, params_tuning><<<params_grid, params_tuning::threads, 0, stream>>>(params_args);
-  QPROB_CUDA_RETURN(post_launch(stream));
+  QPROB_CUDA_RETURN(qprob::detail::post_launch(stream));
   const std::int64_t blocks = ceil_div(pack_args.k, std::int64_t{P::pack_block_values});
   const dim3 pack_grid(static_cast<unsigned>(ceil_div(pack_args.n, std::int64_t{pack_tuning::block_n})),
                        static_cast<unsigned>(ceil_div(blocks, std::int64_t{pack_tuning::block_k})));
   rtn_pack_kernel<P, pack_tuning><<<pack_grid, dim3(pack_tuning::block_n, pack_tuning::block_k), 0, stream>>>(pack_args);
-  return post_launch(stream);
+  return qprob::detail::post_launch(stream);
 }
 
 template <quantized_policy P>
@@ -306,7 +306,7 @@ cudaError_t launch_dequantize(const dequant_args<typename P::compute_type>& args
   const dim3 grid(static_cast<unsigned>(ceil_div(args.n, std::int64_t{t::block_n})),
                   static_cast<unsigned>(ceil_div(blocks, std::int64_t{t::block_k})));
   dequantize_kernel<P, t><<<grid, dim3(t::block_n, t::block_k), 0, stream>>>(args);
-  return post_launch(stream);
+  return qprob::detail::post_launch(stream);
 }
 
 /// Grid limits: y is at most 65535 blocks of pack blocks.
