@@ -28,8 +28,20 @@ private:
 };
 
 /// Times `work` (which enqueues on the stream) once per benchmark iteration with CUDA events around it only.
+/// Keeps freed stream-ordered allocations in the device's default pool (as PyTorch's caching allocator
+/// does), so that ops allocating scratch space per call are timed without a trip to the driver.
+inline void retain_pool_memory() {
+  int device = 0;
+  QPROB_CUDA_TRY(cudaGetDevice(&device));
+  cudaMemPool_t pool{};
+  QPROB_CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device));
+  std::uint64_t threshold = UINT64_MAX;
+  QPROB_CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+}
+
 template <class Work>
 void time_iterations(benchmark::State& state, cudaStream_t s, Work&& work) {
+  retain_pool_memory();
   l2_flusher flusher(s);
   event start;
   event stop;

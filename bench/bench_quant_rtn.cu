@@ -6,7 +6,7 @@
 // writes fp16. The `frac_of_copy` counter is achieved GB/s over the device-to-device copy bandwidth measured
 // in the same process. Correctness is checked once against the reference before timing.
 //
-// Search space of the tuning (policy/tuning.hpp, ops::rtn_pack): block_n in {32}, block_k in {4, 8, 16}.
+// Search space of the tuning (policy/tuning.hpp, ops::rtn_pack): tile_n in {32, 64, 128}, tile_k = 128.
 //
 //   bench_quant_rtn --benchmark_min_time=0.2s
 #include <qprob/qprob.hpp>

@@ -8,6 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out}"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
 run_bench=1
 run_tests=1
 bench_filter="."
@@ -33,6 +34,8 @@ extra=()
 # Tokenizer tests need PCRE2/ICU development files, which the GPU machine may lack; they are host tests and
 # run in CI, so here they are optional.
 extra+=(-DQPROB_REQUIRE_TOKENIZER_DEPS=OFF)
+# QPROB_TEST_AREAS="core;policy;quant" restricts the build to some test areas.
+[ -n "${QPROB_TEST_AREAS:-}" ] && extra+=("-DQPROB_TEST_AREAS=${QPROB_TEST_AREAS}")
 if ! cmake --preset "$preset" "${extra[@]}" > "$out/configure.log" 2>&1; then
   tail -40 "$out/configure.log"; echo "gpu-check: configure FAILED"; exit 1
 fi
@@ -43,7 +46,7 @@ build_s=$(( $(date +%s) - start ))
 
 ctest_status=0
 if [ "$run_tests" = 1 ]; then
-  ctest --preset "$preset" -j 8 --output-junit "$PWD/$out/ctest.xml" > "$out/ctest.log" 2>&1 || ctest_status=$?
+  ctest --preset "$preset" -j 8 --output-junit "$out/ctest.xml" > "$out/ctest.log" 2>&1 || ctest_status=$?
   grep -E "tests passed|tests failed" "$out/ctest.log" | tail -1
   grep -A200 "The following tests FAILED" "$out/ctest.log" | head -40
   if [ -d tests/torch ] && ls tests/torch/test_*.py >/dev/null 2>&1; then

@@ -18,22 +18,27 @@ struct dequantize {};
 template <class Op, precision_policy P, int Arch>
 struct tuning;
 
-/// RTN scale/zero search: one warp per (output channel, group); 8 warps per block.
+/// RTN range search, first step: a block covers rows_per_block output channels by one 128-column tile; each
+/// thread reads 16 bytes (8 values) of one row, so the 16 threads of a row read 256 contiguous bytes.
 template <precision_policy P, int Arch>
 struct tuning<ops::rtn_params, P, Arch> {
-  static constexpr int warps   = 8;
-  static constexpr int threads = warps * 32;
+  static constexpr int tile_k         = 128;
+  static constexpr int values_per_thread = 8;
+  static constexpr int threads_per_row = tile_k / values_per_thread;
+  static constexpr int rows_per_block = 16;
+  static constexpr int threads        = rows_per_block * threads_per_row;
+  static constexpr int finalize_threads = 256;
 };
 
-/// RTN packing and dequantization: a 2-D block of block_n output channels (threadIdx.x, so that each warp
-/// writes block_n consecutive packed words) by block_k pack blocks (threadIdx.y). Each thread reads one pack
-/// block of weights (16 bytes for 4 bits) from its own row; the neighbouring pack block of the same row is
-/// read by the next warp, which finds the rest of the 32-byte sector in L1.
+/// RTN packing and dequantization: a block covers a tile of tile_n output channels by tile_k input columns.
+/// Weights are read and written a row at a time (consecutive threads take consecutive pack blocks of one row),
+/// and packed words go through shared memory so that they are read and written tile_n at a time along n:
+/// both sides coalesced. tile_k = 128 is a multiple of every pack block (4, 8, 16 or 32 values).
 template <precision_policy P, int Arch>
 struct tuning<ops::rtn_pack, P, Arch> {
-  static constexpr int block_n = 32;
-  static constexpr int block_k = 8;
-  static constexpr int threads = block_n * block_k;
+  static constexpr int tile_n  = 64;
+  static constexpr int tile_k  = 128;
+  static constexpr int threads = 256;
 };
 
 template <precision_policy P, int Arch>

@@ -111,6 +111,11 @@ TEST_CASE("the compute type and tuning are separate from numerics") {
   static_assert(std::is_same_v<p::int4_g128_bf16::compute_type, qprob::bfloat16_t>);
   static_assert(std::is_same_v<p::int4_g128::accum_type, float>);
   using t = qprob::tuning<qprob::ops::rtn_pack, p::int4_g128, 900>;
-  CHECK(t::threads == t::block_n * t::block_k);
   CHECK(t::threads <= 1024);
+  // Every pack block divides the tile, so no pack block straddles two tiles.
+  CHECK(t::tile_k % p::int3_g128::pack_block_values == 0);
+  CHECK(t::tile_k % p::int2_g64::pack_block_values == 0);
+  using r = qprob::tuning<qprob::ops::rtn_params, p::int4_g128, 900>;
+  CHECK(r::threads == r::rows_per_block * r::threads_per_row);
+  CHECK(r::threads_per_row <= 32);  // a row's threads reduce with warp shuffles
 }
