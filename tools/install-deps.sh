@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev     # config.json, safetensors headers, tokenizer.json, results
   libcli11-dev           # command-line drivers
   libbenchmark-dev       # bench/ (GPU machine)
+  libpcre2-dev libicu-dev libsentencepiece-dev   # qprob::tokenizer (Unicode regex, normalization, SentencePiece)
 )
 
 sudo_cmd=()

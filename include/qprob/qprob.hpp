@@ -10,4 +10,6 @@
 #include <qprob/runtime.hpp>
 
 #include <qprob/core/numeric.cuh>
+#include <qprob/metrics/metrics.cuh>
+#include <qprob/quant/gptq.cuh>
 #include <qprob/quant/rtn.cuh>

@@ -5,9 +5,12 @@
 
 #include <qprob/host.hpp>
 
+#include <qprob/core/cublas.hpp>
 #include <qprob/core/cuda_check.hpp>
 #include <qprob/core/device.hpp>
 #include <qprob/core/device_buffer.hpp>
 #include <qprob/core/launch.hpp>
 #include <qprob/core/stream.hpp>
+#include <qprob/io/upload.hpp>
+#include <qprob/quant/gptq.hpp>
 #include <qprob/quant/rtn.hpp>

@@ -76,10 +76,38 @@ struct dequant_args {
   bool vector_stores;         // rows 16-byte aligned, ld a multiple of 8
 };
 
-/// Nearest integer to w / s, ties to even, for w and s (> 0) exactly representable in a 16-bit float.
+/// GPTQ's scale and zero point from a group's exact min and max, in double, step for step as
+/// reference::rtn_params (shared by RTN and GPTQ; it runs once per group, so double costs nothing).
+template <quantized_policy P>
+QPROB_DEVICE QPROB_FORCEINLINE void params_from_range(float lo, float hi, half_t& scale, int& zero) {
+  double xmin = lo < 0.0f ? static_cast<double>(lo) : 0.0;
+  double xmax = hi > 0.0f ? static_cast<double>(hi) : 0.0;
+  if constexpr (P::symmetric) {
+    xmax = -xmin > xmax ? -xmin : xmax;
+    if (xmin < 0) {
+      xmin = -xmax;
+    }
+  }
+  if (xmin == 0 && xmax == 0) {
+    xmin = -1;
+    xmax = 1;
+  }
+  scale = qprob::detail::half_from_double_device((xmax - xmin) / P::max_code);
+  if ((scale.bits & 0x7fffu) == 0) {
+    scale = half_t{0x0001};  // smallest fp16 subnormal; see reference/rtn.hpp
+  }
+  zero = P::symmetric_zero;
+  if constexpr (!P::symmetric) {
+    const double z = rint(-xmin / static_cast<double>(__half2float(__ushort_as_half(scale.bits))));
+    zero           = static_cast<int>(z < 0 ? 0.0 : (z > P::max_code ? double(P::max_code) : z));
+  }
+}
+
+/// Nearest integer to w / s, ties to even, for a float w and a scale s > 0 that is a 16-bit float.
 /// rintf of the float quotient can be one off near a half-integer, because the division itself rounds; the
-/// residual r = w - c*s decides exactly: c*s has at most 9 + 11 significant bits and w - c*s is a small
-/// multiple of the finer of the two quanta, so fmaf returns r without rounding. 2r is compared with s, which
+/// residual r = w - c*s decides exactly: c*s has at most 9 + 11 significant bits (exact in float for the
+/// |c| <= 2^9 that survive clamping), and |w - c*s| <= s is a multiple of ulp(w) below 2^24 ulps, so fmaf
+/// returns r without rounding. 2r is compared with s, which
 /// is the test |w/s - c| > 1/2 without dividing.
 QPROB_DEVICE QPROB_FORCEINLINE float round_quotient(float w, float s) {
   float c       = rintf(__fdiv_rn(w, s));
@@ -203,28 +231,9 @@ __global__ void __launch_bounds__(Tuning::finalize_threads) rtn_finalize_kernel(
     lo             = fminf(lo, r.x);
     hi             = fmaxf(hi, r.y);
   }
-  // The scale and zero, in double, step for step as reference::rtn_params.
-  double xmin = lo < 0.0f ? static_cast<double>(lo) : 0.0;
-  double xmax = hi > 0.0f ? static_cast<double>(hi) : 0.0;
-  if constexpr (P::symmetric) {
-    xmax = -xmin > xmax ? -xmin : xmax;
-    if (xmin < 0) {
-      xmin = -xmax;
-    }
-  }
-  if (xmin == 0 && xmax == 0) {
-    xmin = -1;
-    xmax = 1;
-  }
-  half_t scale = qprob::detail::half_from_double_device((xmax - xmin) / P::max_code);
-  if ((scale.bits & 0x7fffu) == 0) {
-    scale = half_t{0x0001};  // smallest fp16 subnormal; see reference/rtn.hpp
-  }
-  int zero = P::symmetric_zero;
-  if constexpr (!P::symmetric) {
-    const double z = rint(-xmin / static_cast<double>(__half2float(__ushort_as_half(scale.bits))));
-    zero           = static_cast<int>(z < 0 ? 0.0 : (z > P::max_code ? double(P::max_code) : z));
-  }
+  half_t scale;
+  int zero;
+  detail::params_from_range<P>(lo, hi, scale, zero);
   args.scales[index] = scale;
   args.zeros[index]  = static_cast<std::uint8_t>(zero);
 }

@@ -1,0 +1,724 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// Device implementation of the per-model and paired metrics (metrics layer, nvcc). One thread evaluates one
+// sample (the same evaluate_sample / evaluate_pair as the host reference); every sum is a fixed-order CUB
+// reduction in double (DeviceReduce, stable DeviceRadixSort + DeviceSegmentedReduce for bins and ranges;
+// no floating-point atomics), so results are run-to-run deterministic. All work is queued on the caller's
+// stream; the public functions read back once at the end (and once after input validation).
+
+#include <qprob/core/cuda_check.hpp>
+#include <qprob/core/device_buffer.hpp>
+#include <qprob/core/launch.hpp>
+#include <qprob/core/temp_storage.hpp>
+#include <qprob/metrics/reference.hpp>
+#include <qprob/metrics/sample.hpp>
+#include <qprob/metrics/types.hpp>
+
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_reduce.cuh>
+#include <cub/device/device_segmented_reduce.cuh>
+#include <thrust/binary_search.h>
+#include <thrust/execution_policy.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/iterator/transform_iterator.h>
+#include <thrust/sequence.h>
+#include <thrust/transform.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace qprob::metrics {
+
+/// Device pointers of one model's scores on one task (layout as choice_scores_view). char_len / token_len
+/// may be null when the scoring and acc_norm do not need them.
+struct device_choice_scores {
+  const std::int64_t* offsets = nullptr;  ///< n + 1
+  const double* loglik = nullptr;         ///< offsets[n]
+  const std::int32_t* char_len = nullptr;
+  const std::int32_t* token_len = nullptr;
+  const std::int32_t* gold = nullptr;     ///< n
+  std::int64_t n = 0;
+  std::int64_t total = 0;                 ///< offsets[n]
+};
+
+/// Owning device copy of host scores (tests, benchmark, parity driver).
+class device_choice_scores_storage {
+public:
+  device_choice_scores_storage(const choice_scores_view& h, cudaStream_t stream)
+      : offsets_(h.offsets, stream)
+      , loglik_(h.loglik, stream)
+      , char_len_(h.char_len, stream)
+      , token_len_(h.token_len, stream)
+      , gold_(h.gold, stream)
+      , n_(h.samples())
+      , total_(static_cast<std::int64_t>(h.loglik.size())) {}
+  [[nodiscard]] device_choice_scores view() const noexcept {
+    return {offsets_.data(), loglik_.data(), char_len_.empty() ? nullptr : char_len_.data(),
+            token_len_.empty() ? nullptr : token_len_.data(), gold_.data(), n_, total_};
+  }
+
+private:
+  device_buffer<std::int64_t> offsets_;
+  device_buffer<double> loglik_;
+  device_buffer<std::int32_t> char_len_;
+  device_buffer<std::int32_t> token_len_;
+  device_buffer<std::int32_t> gold_;
+  std::int64_t n_;
+  std::int64_t total_;
+};
+
+namespace detail {
+
+inline constexpr int block_threads = 256;  // one sample per thread; occupancy-neutral for this memory-bound loop
+
+[[nodiscard]] inline unsigned grid_for(std::int64_t n) {
+  return static_cast<unsigned>((n + block_threads - 1) / block_threads);
+}
+
+/// Sums of everything the scalar per-model metrics need.
+struct moment_sums {
+  double conf = 0, conf_ok = 0, conf_bad = 0, p_true = 0, entropy = 0, brier = 0, nll = 0;
+  long long n_ok = 0, n_sum = 0, n_norm = 0;
+};
+struct moment_plus {
+  QPROB_HOST_DEVICE moment_sums operator()(const moment_sums& a, const moment_sums& b) const {
+    return {a.conf + b.conf,       a.conf_ok + b.conf_ok, a.conf_bad + b.conf_bad, a.p_true + b.p_true,
+            a.entropy + b.entropy, a.brier + b.brier,     a.nll + b.nll,           a.n_ok + b.n_ok,
+            a.n_sum + b.n_sum,     a.n_norm + b.n_norm};
+  }
+};
+
+/// Per-sample record written by sample_kernel.
+struct sample_record {
+  double conf, p_true, entropy, brier, nll;
+  std::int32_t pred;
+  std::uint8_t correct, correct_sum, correct_norm;
+};
+struct record_to_moments {
+  const sample_record* rec;
+  QPROB_HOST_DEVICE moment_sums operator()(std::int64_t i) const {
+    const sample_record r = rec[i];
+    moment_sums m;
+    m.conf     = r.conf;
+    m.conf_ok  = r.correct ? r.conf : 0.0;
+    m.conf_bad = r.correct ? 0.0 : r.conf;
+    m.p_true   = r.p_true;
+    m.entropy  = r.entropy;
+    m.brier    = r.brier;
+    m.nll      = r.nll;
+    m.n_ok     = r.correct;
+    m.n_sum    = r.correct_sum;
+    m.n_norm   = r.correct_norm;
+    return m;
+  }
+};
+
+/// Sums of one bin / range: count, a "confidence" sum and an "outcome" sum.
+struct bin_sums {
+  double count = 0, conf = 0, hit = 0;
+};
+struct bin_plus {
+  QPROB_HOST_DEVICE bin_sums operator()(const bin_sums& a, const bin_sums& b) const {
+    return {a.count + b.count, a.conf + b.conf, a.hit + b.hit};
+  }
+};
+
+/// Validation summary: first invalid sample (n if none) and the largest K.
+struct check_sums {
+  long long first_bad;
+  long long max_k;
+};
+struct check_op {
+  QPROB_HOST_DEVICE check_sums operator()(const check_sums& a, const check_sums& b) const {
+    return {a.first_bad < b.first_bad ? a.first_bad : b.first_bad, a.max_k > b.max_k ? a.max_k : b.max_k};
+  }
+};
+struct check_sample {
+  device_choice_scores s;
+  device_choice_scores other;  // paired: must match offsets and gold; other.offsets == nullptr otherwise
+  scoring mode;
+  QPROB_HOST_DEVICE check_sums operator()(std::int64_t i) const {
+    const std::int64_t b = s.offsets[i], e = s.offsets[i + 1], k = e - b;
+    bool ok = k >= 1 && b >= 0 && e <= s.total && s.gold[i] >= 0 && s.gold[i] < k;
+    if (ok) {
+      for (std::int64_t j = b; j < e; ++j) {
+        ok = ok && (s.loglik[j] - s.loglik[j]) == 0.0;  // false for inf and NaN
+        ok = ok && (s.char_len == nullptr || s.char_len[j] > 0);
+        ok = ok && (s.token_len == nullptr || s.token_len[j] > 0);
+        if (other.offsets != nullptr) {
+          ok = ok && (other.loglik[j] - other.loglik[j]) == 0.0;
+        }
+      }
+    }
+    if (other.offsets != nullptr) {
+      ok = ok && other.offsets[i] == b && other.offsets[i + 1] == e && other.gold[i] == s.gold[i];
+    }
+    return {ok ? static_cast<long long>(s.n) : static_cast<long long>(i), k};
+  }
+};
+
+__global__ void sample_kernel(device_choice_scores s, scoring mode, int bins, bin_edges edges, sample_record* rec, int* bin) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= s.n) {
+    return;
+  }
+  const sample_eval e = evaluate_sample(s.loglik, s.char_len, s.token_len, s.offsets[i], s.offsets[i + 1], s.gold[i], mode);
+  rec[i] = {e.conf, e.p_true, e.entropy, e.brier, e.nll, e.pred, static_cast<std::uint8_t>(e.correct),
+            static_cast<std::uint8_t>(e.correct_sum), static_cast<std::uint8_t>(e.correct_norm)};
+  bin[i] = calibration_bin(e.conf, bins, edges);
+}
+
+/// Class-k probability of every sample (2.0, above every probability, for samples without a choice k, so
+/// they sort last) and whether gold == k.
+__global__ void class_prob_kernel(device_choice_scores s, scoring mode, int k, double* pk, std::uint8_t* is_k) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= s.n) {
+    return;
+  }
+  const std::int64_t b = s.offsets[i], e = s.offsets[i + 1];
+  if (e - b <= k) {
+    pk[i]   = 2.0;
+    is_k[i] = 0;
+    return;
+  }
+  const softmax_stats st = softmax_of(s.loglik, s.char_len, s.token_len, b, e, mode);
+  pk[i]   = exp(choice_score(s.loglik[b + k], s.char_len, s.token_len, b + k, mode) - st.max_score) / st.sum;
+  is_k[i] = s.gold[i] == k;
+}
+
+/// np.array_split offsets of `count` sorted items (count read on the device) into `ranges` parts.
+__global__ void equal_mass_offsets_kernel(const long long* count, int ranges, std::int64_t* offsets) {
+  const int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (r <= ranges) {
+    offsets[r] = equal_mass_start(r, *count, ranges);
+  }
+}
+
+struct sorted_bin_value {
+  const std::int64_t* order;  // sorted position -> sample
+  const double* conf;         // per sample (or per sample via stride)
+  const std::uint8_t* hit;
+  QPROB_HOST_DEVICE bin_sums operator()(std::int64_t j) const {
+    const std::int64_t i = order[j];
+    return {1.0, conf[i], hit[i] ? 1.0 : 0.0};
+  }
+};
+struct record_correct {
+  QPROB_HOST_DEVICE std::uint8_t operator()(const sample_record& r) const { return r.correct; }
+};
+struct has_choice {
+  const double* pk;
+  QPROB_HOST_DEVICE long long operator()(std::int64_t i) const { return pk[i] <= 1.0 ? 1 : 0; }
+};
+struct conf_to_bin {
+  int bins;
+  bin_edges edges;
+  QPROB_HOST_DEVICE int operator()(double c) const { return calibration_bin(c, bins, edges); }
+};
+struct record_conf {
+  const sample_record* rec;
+  QPROB_HOST_DEVICE double operator()(std::int64_t i) const { return rec[i].conf; }
+};
+
+/// Throws with the reference's message for the first invalid sample (copied to the host for the wording).
+inline void report_invalid(const device_choice_scores& s, const device_choice_scores* other, scoring mode, long long bad, cudaStream_t stream) {
+  std::int64_t off[2];
+  QPROB_CUDA_TRY(cudaMemcpyAsync(off, s.offsets + bad, sizeof off, cudaMemcpyDeviceToHost, stream));
+  QPROB_CUDA_TRY(cudaStreamSynchronize(stream));
+  const std::int64_t k = std::max<std::int64_t>(0, off[1] - off[0]);
+  QPROB_CHECK(k >= 1 && off[0] >= 0 && off[1] <= s.total, "metrics (device): sample ", bad, " has offsets [", off[0], ", ", off[1],
+              ") (total ", s.total, " choices)");
+  choice_scores one;
+  one.offsets = {0, k};
+  one.loglik.resize(static_cast<std::size_t>(k));
+  one.gold.resize(1);
+  QPROB_CUDA_TRY(cudaMemcpyAsync(one.loglik.data(), s.loglik + off[0], static_cast<std::size_t>(k) * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  QPROB_CUDA_TRY(cudaMemcpyAsync(one.gold.data(), s.gold + bad, sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  if (s.char_len != nullptr) {
+    one.char_len.resize(static_cast<std::size_t>(k));
+    QPROB_CUDA_TRY(cudaMemcpyAsync(one.char_len.data(), s.char_len + off[0], static_cast<std::size_t>(k) * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  }
+  if (s.token_len != nullptr) {
+    one.token_len.resize(static_cast<std::size_t>(k));
+    QPROB_CUDA_TRY(cudaMemcpyAsync(one.token_len.data(), s.token_len + off[0], static_cast<std::size_t>(k) * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  }
+  QPROB_CUDA_TRY(cudaStreamSynchronize(stream));
+  const auto g = one.gold[0];
+  QPROB_CHECK(g >= 0 && g < k, "metrics (device): gold[", bad, "]=", g, " is outside [0, ", k, ") choices");
+  for (std::int64_t j = 0; j < k; ++j) {
+    QPROB_CHECK(std::isfinite(one.loglik[static_cast<std::size_t>(j)]), "metrics (device): loglik[", off[0] + j,
+                "]=", one.loglik[static_cast<std::size_t>(j)], " is not finite");
+  }
+  validate_scores(one.view(), mode, "metrics (device)");
+  QPROB_CHECK(other == nullptr, "paired metrics (device): sample ", bad,
+              " differs between the full and the quantized input (offsets, gold) or has a non-finite quantized loglik");
+  QPROB_CHECK(false, "metrics (device): sample ", bad, " is invalid");
+}
+
+/// Validates on the device; returns the largest K. One read-back.
+inline int validate_device(const device_choice_scores& s, const device_choice_scores* other, scoring mode, cudaStream_t stream) {
+  QPROB_CHECK(s.n >= 1, "metrics (device): needs at least one sample, got n=", s.n);
+  QPROB_CHECK(s.offsets != nullptr && s.loglik != nullptr && s.gold != nullptr, "metrics (device): null input pointer");
+  QPROB_CHECK(mode != scoring::char_normalized || s.char_len != nullptr, "metrics (device): char_normalized scoring needs char_len");
+  QPROB_CHECK(mode != scoring::token_normalized || s.token_len != nullptr, "metrics (device): token_normalized scoring needs token_len");
+  if (other != nullptr) {
+    QPROB_CHECK(other->n == s.n, "paired metrics (device): full has ", s.n, " samples, quantized ", other->n);
+  }
+  device_buffer<check_sums> out(1, stream);
+  const check_sample f{s, other ? *other : device_choice_scores{}, mode};
+  const auto in = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), f);
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceReduce::Reduce(t, b, in, out.data(), s.n, check_op{}, check_sums{LLONG_MAX, 0}, stream);
+  }));
+  const check_sums r = out.to_host()[0];
+  if (r.first_bad < s.n) {
+    report_invalid(s, other, mode, r.first_bad, stream);
+  }
+  return static_cast<int>(r.max_k);
+}
+
+/// Per-segment sums of `values(sorted position)` where the segments are given by device offsets.
+template <class ValueFn>
+void segmented_bin_sums(ValueFn values, std::int64_t segments, const std::int64_t* offsets, bin_sums* out, cudaStream_t stream) {
+  const auto in = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), values);
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceSegmentedReduce::Reduce(t, b, in, out, segments, offsets, offsets + 1, bin_plus{}, bin_sums{}, stream);
+  }));
+}
+
+/// Stable sort of sample indices by an integer key in [0, slots), and the segment offsets of each key.
+inline void sort_by_key(const int* keys, std::int64_t n, int slots, device_buffer<std::int64_t>& order, device_buffer<std::int64_t>& offsets,
+                        cudaStream_t stream) {
+  QPROB_CHECK(n <= INT_MAX, "metrics (device): n=", n, " exceeds the 32-bit sort size");
+  device_buffer<int> keys_sorted(n, stream);
+  device_buffer<std::int64_t> idx(n, stream);
+  order = device_buffer<std::int64_t>(n, stream);
+  thrust::sequence(thrust::cuda::par_nosync.on(stream), idx.data(), idx.data() + n);
+  int bits = 1;
+  while ((1 << bits) <= slots) {
+    ++bits;
+  }
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceRadixSort::SortPairs(t, b, keys, keys_sorted.data(), idx.data(), order.data(), static_cast<int>(n), 0, bits, stream);
+  }));
+  offsets = device_buffer<std::int64_t>(slots + 1, stream);
+  thrust::lower_bound(thrust::cuda::par_nosync.on(stream), keys_sorted.data(), keys_sorted.data() + n,
+                      thrust::make_counting_iterator<int>(0), thrust::make_counting_iterator<int>(slots + 1), offsets.data());
+}
+
+/// Stable sort of sample indices by a double key (ascending, ties in sample order).
+inline void sort_by_value(const double* keys, std::int64_t n, device_buffer<std::int64_t>& order, cudaStream_t stream) {
+  QPROB_CHECK(n <= INT_MAX, "metrics (device): n=", n, " exceeds the 32-bit sort size");
+  device_buffer<double> keys_sorted(n, stream);
+  device_buffer<std::int64_t> idx(n, stream);
+  order = device_buffer<std::int64_t>(n, stream);
+  thrust::sequence(thrust::cuda::par_nosync.on(stream), idx.data(), idx.data() + n);
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceRadixSort::SortPairs(t, b, keys, keys_sorted.data(), idx.data(), order.data(), static_cast<int>(n), 0,
+                                           static_cast<int>(sizeof(double) * 8), stream);
+  }));
+}
+
+/// ECE / MCE / RMSCE / unweighted mean from per-bin sums (host, fixed bin order).
+inline calibration_errors finish_bins(const std::vector<bin_sums>& s, int bins, double n) {
+  calibration_errors r;
+  r.ece = 0, r.mce = 0;
+  double sq = 0, unweighted = 0;
+  int used  = 0;
+  for (int b = 0; b < static_cast<int>(s.size()); ++b) {
+    reliability_bin rb;
+    rb.lower = b < bins ? uniform_edge(b, bins) : 1.0;
+    rb.upper = b < bins ? uniform_edge(b + 1, bins) : 1.0;
+    rb.count = static_cast<std::int64_t>(s[static_cast<std::size_t>(b)].count);
+    if (rb.count > 0) {
+      const double c = s[static_cast<std::size_t>(b)].count;
+      rb.mean_conf   = s[static_cast<std::size_t>(b)].conf / c;
+      rb.accuracy    = s[static_cast<std::size_t>(b)].hit / c;
+      const double gap = std::fabs(rb.accuracy - rb.mean_conf);
+      r.ece += c / n * gap;
+      sq += c / n * gap * gap;
+      r.mce = std::max(r.mce, gap);
+      unweighted += gap;
+      ++used;
+    }
+    r.bins.push_back(rb);
+  }
+  r.rmsce           = std::sqrt(sq);
+  r.uniform_average = unweighted / used;
+  return r;
+}
+
+/// Mean over non-empty ranges of |hit/count - conf/count| (host, fixed order).
+inline double finish_ranges(const std::vector<bin_sums>& s, std::int64_t& cells, double& total) {
+  for (const auto& c : s) {
+    if (c.count > 0) {
+      total += std::fabs(c.hit / c.count - c.conf / c.count);
+      ++cells;
+    }
+  }
+  return cells > 0 ? total / static_cast<double>(cells) : nan_v;
+}
+
+/// Copies the scores back to the host (for seed_compat, which only exists in numpy's summation order).
+inline choice_scores copy_to_host(const device_choice_scores& s, cudaStream_t stream) {
+  choice_scores h;
+  h.offsets.resize(static_cast<std::size_t>(s.n + 1));
+  h.loglik.resize(static_cast<std::size_t>(s.total));
+  h.gold.resize(static_cast<std::size_t>(s.n));
+  QPROB_CUDA_TRY(cudaMemcpyAsync(h.offsets.data(), s.offsets, h.offsets.size() * sizeof(std::int64_t), cudaMemcpyDeviceToHost, stream));
+  QPROB_CUDA_TRY(cudaMemcpyAsync(h.loglik.data(), s.loglik, h.loglik.size() * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  QPROB_CUDA_TRY(cudaMemcpyAsync(h.gold.data(), s.gold, h.gold.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  if (s.char_len != nullptr) {
+    h.char_len.resize(static_cast<std::size_t>(s.total));
+    QPROB_CUDA_TRY(cudaMemcpyAsync(h.char_len.data(), s.char_len, h.char_len.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  }
+  if (s.token_len != nullptr) {
+    h.token_len.resize(static_cast<std::size_t>(s.total));
+    QPROB_CUDA_TRY(cudaMemcpyAsync(h.token_len.data(), s.token_len, h.token_len.size() * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  }
+  QPROB_CUDA_TRY(cudaStreamSynchronize(stream));
+  return h;
+}
+
+/// Nixon ACE on the device: per class a stable sort of p_k, equal-mass offsets, segmented sums.
+inline double ace_nixon_device(const device_choice_scores& s, scoring mode, int ranges, int max_k, cudaStream_t stream) {
+  device_buffer<double> pk(s.n, stream);
+  device_buffer<std::uint8_t> is_k(s.n, stream);
+  device_buffer<long long> present(1, stream);
+  device_buffer<std::int64_t> offsets(ranges + 1, stream);
+  device_buffer<bin_sums> cells(static_cast<std::int64_t>(max_k) * ranges, stream);
+  device_buffer<std::int64_t> order;
+  for (int k = 0; k < max_k; ++k) {
+    class_prob_kernel<<<grid_for(s.n), block_threads, 0, stream>>>(s, mode, k, pk.data(), is_k.data());
+    QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
+    const auto has_k = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), has_choice{pk.data()});
+    QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+      return cub::DeviceReduce::Sum(t, b, has_k, present.data(), s.n, stream);
+    }));
+    sort_by_value(pk.data(), s.n, order, stream);
+    equal_mass_offsets_kernel<<<1, 1024, 0, stream>>>(present.data(), ranges, offsets.data());
+    QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
+    segmented_bin_sums(sorted_bin_value{order.data(), pk.data(), is_k.data()}, ranges, offsets.data(),
+                       cells.data() + static_cast<std::int64_t>(k) * ranges, stream);
+  }
+  const auto host = cells.to_host();
+  std::int64_t used = 0;
+  double total      = 0;
+  return finish_ranges(host, used, total);
+}
+
+}  // namespace detail
+
+/// All per-model metrics of one task on the device. Same results as compute_model_metrics_reference up to
+/// the summation order (see docs/metrics.md). Queues everything on `stream`; synchronizes it twice (after
+/// validation, and to read the results). Throws invalid_argument for invalid inputs, cuda_error on CUDA errors.
+/// Requires ranges <= 1023 and n <= 2^31 - 1 (32-bit sort sizes).
+[[nodiscard]] inline model_metrics compute_model_metrics(const device_choice_scores& s, const metric_options& opt, cudaStream_t stream) {
+  using namespace detail;
+  opt.validate();
+  QPROB_CHECK(opt.ace_ranges <= 1023, "compute_model_metrics: ace_ranges=", opt.ace_ranges, " must be <= 1023 on the device");
+  const int max_k = validate_device(s, nullptr, opt.score, stream);
+  const std::int64_t n = s.n;
+
+  device_buffer<sample_record> rec(n, stream);
+  device_buffer<int> bin(n, stream);
+  sample_kernel<<<grid_for(n), block_threads, 0, stream>>>(s, opt.score, opt.calibration_bins, opt.edges, rec.data(), bin.data());
+  QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
+
+  device_buffer<moment_sums> moments(1, stream);
+  const auto mom_in = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), record_to_moments{rec.data()});
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceReduce::Reduce(t, b, mom_in, moments.data(), n, moment_plus{}, moment_sums{}, stream);
+  }));
+
+  // conf and correctness as plain arrays for the binning passes
+  device_buffer<double> conf(n, stream);
+  device_buffer<std::uint8_t> ok(n, stream);
+  thrust::transform(thrust::cuda::par_nosync.on(stream), thrust::make_counting_iterator<std::int64_t>(0),
+                    thrust::make_counting_iterator<std::int64_t>(n), conf.data(), record_conf{rec.data()});
+  thrust::transform(thrust::cuda::par_nosync.on(stream), rec.data(), rec.data() + n, ok.data(), record_correct{});
+
+  const int slots = bin_slots(opt.calibration_bins, opt.edges);
+  device_buffer<std::int64_t> order, offsets;
+  sort_by_key(bin.data(), n, slots, order, offsets, stream);
+  device_buffer<bin_sums> cal(slots, stream);
+  segmented_bin_sums(sorted_bin_value{order.data(), conf.data(), ok.data()}, slots, offsets.data(), cal.data(), stream);
+
+  double ace = nan_v;
+  std::vector<bin_sums> ace_host;
+  int ace_slots = 0;
+  if (opt.ace == ace_variant::uniform_average) {
+    ace_slots = bin_slots(opt.ace_ranges, opt.edges);
+    device_buffer<int> abin(n, stream);
+    thrust::transform(thrust::cuda::par_nosync.on(stream), conf.data(), conf.data() + n, abin.data(),
+                      conf_to_bin{opt.ace_ranges, opt.edges});
+    device_buffer<std::int64_t> aorder, aoff;
+    sort_by_key(abin.data(), n, ace_slots, aorder, aoff, stream);
+    device_buffer<bin_sums> asums(ace_slots, stream);
+    segmented_bin_sums(sorted_bin_value{aorder.data(), conf.data(), ok.data()}, ace_slots, aoff.data(), asums.data(), stream);
+    ace = finish_bins(asums.to_host(), opt.ace_ranges, static_cast<double>(n)).uniform_average;
+  } else if (opt.ace == ace_variant::equal_mass_top_label) {
+    device_buffer<std::int64_t> corder;
+    sort_by_value(conf.data(), n, corder, stream);
+    std::vector<std::int64_t> h_off(static_cast<std::size_t>(opt.ace_ranges + 1));
+    for (int r = 0; r <= opt.ace_ranges; ++r) {
+      h_off[static_cast<std::size_t>(r)] = equal_mass_start(r, n, opt.ace_ranges);
+    }
+    device_buffer<std::int64_t> roff(h_off, stream);
+    device_buffer<bin_sums> rsums(opt.ace_ranges, stream);
+    segmented_bin_sums(sorted_bin_value{corder.data(), conf.data(), ok.data()}, opt.ace_ranges, roff.data(), rsums.data(), stream);
+    std::int64_t used = 0;
+    double total      = 0;
+    ace               = finish_ranges(rsums.to_host(), used, total);
+  } else if (opt.ace == ace_variant::nixon) {
+    ace = ace_nixon_device(s, opt.score, opt.ace_ranges, max_k, stream);
+  } else {
+    const auto h = copy_to_host(s, stream);
+    ace          = ace_seed_compat(h.view(), opt.score, opt.seed_ace_ranges, opt.seed_ece_bins);
+  }
+  (void)ace_slots;
+
+  const moment_sums ms = moments.to_host()[0];
+  const auto cal_host  = cal.to_host();
+
+  model_metrics m;
+  const double nn = static_cast<double>(n);
+  m.n             = n;
+  m.n_correct     = ms.n_ok;
+  m.acc           = static_cast<double>(ms.n_sum) / nn;
+  m.acc_stderr    = proportion_stderr(ms.n_sum, n);
+  m.acc_wilson    = wilson_interval(ms.n_sum, n, opt.confidence_level);
+  m.acc_bootstrap = bootstrap_proportion_interval(ms.n_sum, n, opt.bootstrap_iterations, opt.bootstrap_seed, opt.confidence_level);
+  if (s.char_len != nullptr) {
+    m.acc_norm        = static_cast<double>(ms.n_norm) / nn;
+    m.acc_norm_stderr = proportion_stderr(ms.n_norm, n);
+    m.acc_norm_wilson = wilson_interval(ms.n_norm, n, opt.confidence_level);
+  }
+  m.accuracy     = static_cast<double>(ms.n_ok) / nn;
+  m.conf         = ms.conf / nn;
+  m.conf_correct = ms.n_ok > 0 ? ms.conf_ok / static_cast<double>(ms.n_ok) : nan_v;
+  m.conf_err     = ms.n_ok < n ? ms.conf_bad / static_cast<double>(n - ms.n_ok) : nan_v;
+  m.conf_true    = ms.p_true / nn;
+  m.entropy      = ms.entropy / nn;
+  m.entropy_bits = m.entropy / std::log(2.0);
+  m.brier        = ms.brier / nn;
+  m.nll          = ms.nll / nn;
+  auto ce        = finish_bins(cal_host, opt.calibration_bins, nn);
+  m.ece          = ce.ece;
+  m.mce          = ce.mce;
+  m.rmsce        = ce.rmsce;
+  m.reliability  = std::move(ce.bins);
+  m.ace          = ace;
+  return m;
+}
+
+namespace detail {
+
+/// Per-sample paired quantities.
+struct pair_record {
+  double js, kl_pq, kl_qp, tf, tq, cf, cq;
+  std::uint8_t flip, ok_f, ok_q;
+};
+struct pair_sums {
+  double js = 0, jd = 0, kl_pq = 0, kl_qp = 0, tf = 0, tq = 0, d = 0;
+  long long flips = 0, both = 0, full_only = 0, quant_only = 0, neither = 0;
+};
+struct pair_plus {
+  QPROB_HOST_DEVICE pair_sums operator()(const pair_sums& a, const pair_sums& b) const {
+    return {a.js + b.js, a.jd + b.jd, a.kl_pq + b.kl_pq, a.kl_qp + b.kl_qp, a.tf + b.tf, a.tq + b.tq, a.d + b.d,
+            a.flips + b.flips, a.both + b.both, a.full_only + b.full_only, a.quant_only + b.quant_only, a.neither + b.neither};
+  }
+};
+struct pair_to_sums {
+  const pair_record* rec;
+  QPROB_HOST_DEVICE pair_sums operator()(std::int64_t i) const {
+    const pair_record r = rec[i];
+    pair_sums s;
+    s.js         = r.js;
+    s.jd         = sqrt(r.js);
+    s.kl_pq      = r.kl_pq;
+    s.kl_qp      = r.kl_qp;
+    s.tf         = r.tf;
+    s.tq         = r.tq;
+    s.d          = r.tf - r.tq;
+    s.flips      = r.flip;
+    s.both       = r.ok_f && r.ok_q;
+    s.full_only  = r.ok_f && !r.ok_q;
+    s.quant_only = !r.ok_f && r.ok_q;
+    s.neither    = !r.ok_f && !r.ok_q;
+    return s;
+  }
+};
+/// Second pass: squared deviations of d from its mean, and the Appendix-B JS terms (need the first sums).
+struct second_sums {
+  double ss = 0, js_true = 0;
+};
+struct second_plus {
+  QPROB_HOST_DEVICE second_sums operator()(const second_sums& a, const second_sums& b) const {
+    return {a.ss + b.ss, a.js_true + b.js_true};
+  }
+};
+struct pair_second {
+  const pair_record* rec;
+  const pair_sums* first;
+  double n;
+  QPROB_HOST_DEVICE second_sums operator()(std::int64_t i) const {
+    const pair_record r = rec[i];
+    const double mean   = first->d / n;
+    const double dev    = (r.tf - r.tq) - mean;
+    const double p = r.tf / first->tf, q = r.tq / first->tq, m = 0.5 * (p + q);
+    double js = 0;
+    if (p > 0) {
+      js += 0.5 * p * log(p / m);
+    }
+    if (q > 0) {
+      js += 0.5 * q * log(q / m);
+    }
+    return {dev * dev, js};
+  }
+};
+
+__global__ void pair_kernel(device_choice_scores f, device_choice_scores q, scoring mode, double lo, int shift_bins, pair_record* rec,
+                            double* js, int* sbin) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= f.n) {
+    return;
+  }
+  const std::int64_t b = f.offsets[i], e = f.offsets[i + 1];
+  const sample_eval ef = evaluate_sample(f.loglik, f.char_len, f.token_len, b, e, f.gold[i], mode);
+  const sample_eval eq = evaluate_sample(q.loglik, f.char_len, f.token_len, b, e, f.gold[i], mode);
+  const pair_eval pe   = evaluate_pair(f.loglik, q.loglik, f.char_len, f.token_len, b, e, mode);
+  rec[i] = {pe.js, pe.kl_pq, pe.kl_qp, ef.p_true, eq.p_true, ef.conf, eq.conf, static_cast<std::uint8_t>(ef.pred != eq.pred),
+            static_cast<std::uint8_t>(ef.correct), static_cast<std::uint8_t>(eq.correct)};
+  js[i]   = pe.js;
+  sbin[i] = shift_bin_index(ef.conf, shift_bins, lo);
+}
+
+/// Shift-bin value of a sorted position: count, Δconf in .conf, Δtrue in .hit; or squared deviations from
+/// the bin means when `means` (per-bin first-pass sums) is given.
+struct shift_value {
+  const std::int64_t* order;
+  const pair_record* rec;
+  const int* sbin;
+  const bin_sums* means;  // null in the first pass
+  QPROB_HOST_DEVICE bin_sums operator()(std::int64_t j) const {
+    const std::int64_t i = order[j];
+    const pair_record r  = rec[i];
+    const double dc = r.cq - r.cf, dt = r.tq - r.tf;
+    if (means == nullptr) {
+      return {1.0, dc, dt};
+    }
+    const bin_sums m = means[sbin[i]];
+    const double ec = dc - m.conf / m.count, et = dt - m.hit / m.count;
+    return {1.0, ec * ec, et * et};
+  }
+};
+
+}  // namespace detail
+
+/// All paired metrics of a full and a quantized model on the device (same samples: offsets and gold must
+/// match, checked on the device). Wilcoxon ranks and the JS medians are finished on the host from copied
+/// per-sample arrays; everything else is reduced on the device. Synchronizes `stream` to read back.
+[[nodiscard]] inline paired_metrics compute_paired_metrics(const device_choice_scores& full,
+                                                           const device_choice_scores& quant,
+                                                           const metric_options& opt,
+                                                           cudaStream_t stream) {
+  using namespace detail;
+  opt.validate();
+  const int max_k = validate_device(full, &quant, opt.score, stream);
+  const std::int64_t n = full.n;
+  const double lo      = 1.0 / max_k;
+
+  device_buffer<pair_record> rec(n, stream);
+  device_buffer<double> js(n, stream);
+  device_buffer<int> sbin(n, stream);
+  pair_kernel<<<grid_for(n), block_threads, 0, stream>>>(full, quant, opt.score, lo, opt.shift_bins, rec.data(), js.data(), sbin.data());
+  QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
+
+  device_buffer<pair_sums> first(1, stream);
+  const auto in1 = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), pair_to_sums{rec.data()});
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceReduce::Reduce(t, b, in1, first.data(), n, pair_plus{}, pair_sums{}, stream);
+  }));
+  device_buffer<second_sums> second(1, stream);
+  const auto in2 = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0),
+                                                   pair_second{rec.data(), first.data(), static_cast<double>(n)});
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceReduce::Reduce(t, b, in2, second.data(), n, second_plus{}, second_sums{}, stream);
+  }));
+
+  // medians of JS: sort the per-sample values
+  QPROB_CHECK(n <= INT_MAX, "compute_paired_metrics: n=", n, " exceeds the 32-bit sort size");
+  device_buffer<double> js_sorted(n, stream);
+  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
+    return cub::DeviceRadixSort::SortKeys(t, b, js.data(), js_sorted.data(), static_cast<int>(n), 0, 64, stream);
+  }));
+
+  // confidence shift by bin, two passes
+  device_buffer<std::int64_t> order, offsets;
+  sort_by_key(sbin.data(), n, opt.shift_bins, order, offsets, stream);
+  device_buffer<bin_sums> shift1(opt.shift_bins, stream), shift2(opt.shift_bins, stream);
+  segmented_bin_sums(shift_value{order.data(), rec.data(), sbin.data(), nullptr}, opt.shift_bins, offsets.data(), shift1.data(), stream);
+  segmented_bin_sums(shift_value{order.data(), rec.data(), sbin.data(), shift1.data()}, opt.shift_bins, offsets.data(), shift2.data(), stream);
+
+  // per-sample true-class probabilities for the Wilcoxon ranks
+  const auto recs = rec.to_host();  // synchronizes
+  const auto f1   = first.to_host()[0];
+  const auto f2   = second.to_host()[0];
+  const auto s1   = shift1.to_host();
+  const auto s2   = shift2.to_host();
+  double mid[2];
+  QPROB_CUDA_TRY(cudaMemcpyAsync(mid, js_sorted.data() + (n - 1) / 2, sizeof(double) * (n % 2 ? 1 : 2), cudaMemcpyDeviceToHost, stream));
+  QPROB_CUDA_TRY(cudaStreamSynchronize(stream));
+
+  paired_metrics r;
+  const double nn          = static_cast<double>(n);
+  r.n                      = n;
+  r.jsd_mean               = f1.js / nn;
+  r.js_distance_mean       = f1.jd / nn;
+  r.jsd_median             = n % 2 ? mid[0] : 0.5 * (mid[0] + mid[1]);
+  r.js_distance_median     = n % 2 ? std::sqrt(mid[0]) : 0.5 * (std::sqrt(mid[0]) + std::sqrt(mid[1]));
+  r.true_class_jsd         = std::max(f2.js_true, 0.0);
+  r.true_class_js_distance = std::sqrt(r.true_class_jsd);
+  r.kl_full_quant          = f1.kl_pq / nn;
+  r.kl_quant_full          = f1.kl_qp / nn;
+  r.flip_rate              = static_cast<double>(f1.flips) / nn;
+  r.both_correct           = f1.both;
+  r.full_only              = f1.full_only;
+  r.quant_only             = f1.quant_only;
+  r.both_wrong             = f1.neither;
+  r.mean_conf_true_shift   = -f1.d / nn;
+  r.ttest_conf_true        = paired_t_test(f1.d / nn, n > 1 ? std::sqrt(f2.ss / (nn - 1)) : nan_v, n, opt.alpha);
+  std::vector<double> tf(static_cast<std::size_t>(n)), tq(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    tf[i] = recs[i].tf;
+    tq[i] = recs[i].tq;
+  }
+  r.wilcoxon_conf_true = wilcoxon_signed_rank(tf, tq, opt.wilcoxon, opt.alpha);
+  r.mcnemar            = mcnemar_test(r.full_only, r.quant_only, opt.mcnemar, opt.alpha);
+  for (int b = 0; b < opt.shift_bins; ++b) {
+    shift_bin sb;
+    sb.lower   = shift_edge(b, opt.shift_bins, lo);
+    sb.upper   = shift_edge(b + 1, opt.shift_bins, lo);
+    const auto& a = s1[static_cast<std::size_t>(b)];
+    sb.count   = static_cast<std::int64_t>(a.count);
+    if (a.count > 0) {
+      sb.mean_conf_shift = a.conf / a.count;
+      sb.mean_true_shift = a.hit / a.count;
+    }
+    if (a.count > 1) {
+      const double root_n = std::sqrt(a.count);
+      sb.stderr_conf_shift = std::sqrt(s2[static_cast<std::size_t>(b)].conf / (a.count - 1)) / root_n;
+      sb.stderr_true_shift = std::sqrt(s2[static_cast<std::size_t>(b)].hit / (a.count - 1)) / root_n;
+    }
+    r.conf_shift_by_bin.push_back(sb);
+  }
+  return r;
+}
+
+}  // namespace qprob::metrics

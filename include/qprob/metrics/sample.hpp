@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// Per-sample building blocks shared verbatim by the host reference and the device kernels (metrics layer,
+// host-safe): the softmax of one sample's choice scores and what the metrics need from it, and the bin index
+// functions. Sharing them makes bin membership identical on host and device (same IEEE divisions and
+// comparisons), so only the order of the final sums can differ between the two.
+
+#include <qprob/core/config.hpp>
+#include <qprob/metrics/types.hpp>
+
+#include <cmath>
+#include <cstdint>
+
+namespace qprob::metrics {
+
+/// Upper edge k / bins of equal-width bin k - 1: one correctly rounded division, the same value Python's
+/// k / bins gives, which the parity suite passes to torch.bucketize.
+[[nodiscard]] QPROB_HOST_DEVICE inline double uniform_edge(int k, int bins) noexcept {
+  return static_cast<double>(k) / static_cast<double>(bins);
+}
+
+/// Number of bins a convention produces: torchmetrics adds an overflow bin for conf == 1.0.
+[[nodiscard]] QPROB_HOST_DEVICE inline int bin_slots(int bins, bin_edges edges) noexcept {
+  return edges == bin_edges::torchmetrics ? bins + 1 : bins;
+}
+
+/// Equal-width bin of a confidence in [0, 1]. upper_closed: the b with edge(b) < conf <= edge(b + 1), with
+/// conf <= 0 in bin 0 and conf >= 1 in bin bins - 1. torchmetrics: the b with edge(b) <= conf < edge(b + 1),
+/// conf >= 1 in overflow bin `bins`. The first guess from ceil/floor is corrected against the exact edges, so
+/// the result never depends on how conf * bins rounds.
+[[nodiscard]] QPROB_HOST_DEVICE inline int calibration_bin(double conf, int bins, bin_edges edges) noexcept {
+  if (edges == bin_edges::upper_closed) {
+    if (!(conf > 0.0)) {
+      return 0;
+    }
+    if (conf >= 1.0) {
+      return bins - 1;
+    }
+    int b = static_cast<int>(std::ceil(conf * bins)) - 1;
+    b     = b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);
+    while (b > 0 && conf <= uniform_edge(b, bins)) {
+      --b;
+    }
+    while (b < bins - 1 && conf > uniform_edge(b + 1, bins)) {
+      ++b;
+    }
+    return b;
+  }
+  if (conf >= 1.0) {
+    return bins;
+  }
+  if (!(conf > 0.0)) {
+    return 0;
+  }
+  int b = static_cast<int>(std::floor(conf * bins));
+  b     = b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);
+  while (b > 0 && conf < uniform_edge(b, bins)) {
+    --b;
+  }
+  while (b < bins - 1 && conf >= uniform_edge(b + 1, bins)) {
+    ++b;
+  }
+  return b;
+}
+
+/// Lower edge of confidence-shift bin k: the ranges cover [lo, 1] with lo = 1 / K_max (no prediction can be
+/// less confident), equal width (1 - lo) / bins.
+[[nodiscard]] QPROB_HOST_DEVICE inline double shift_edge(int k, int bins, double lo) noexcept {
+  return k == bins ? 1.0 : lo + (1.0 - lo) * static_cast<double>(k) / static_cast<double>(bins);
+}
+
+/// Confidence-shift bin: (lower, upper] like the calibration bins, conf <= lo in bin 0, conf >= 1 in the last.
+[[nodiscard]] QPROB_HOST_DEVICE inline int shift_bin_index(double conf, int bins, double lo) noexcept {
+  int b = 0;
+  while (b < bins - 1 && conf > shift_edge(b + 1, bins, lo)) {
+    ++b;
+  }
+  return b;
+}
+
+/// Score of one choice under a scoring mode (lengths were validated > 0 where used).
+[[nodiscard]] QPROB_HOST_DEVICE inline double choice_score(double ll,
+                                                           const std::int32_t* char_len,
+                                                           const std::int32_t* token_len,
+                                                           std::int64_t j,
+                                                           scoring mode) noexcept {
+  switch (mode) {
+    case scoring::char_normalized: return ll / static_cast<double>(char_len[j]);
+    case scoring::token_normalized: return ll / static_cast<double>(token_len[j]);
+    default: return ll;
+  }
+}
+
+/// What the per-model metrics need from one sample.
+struct sample_eval {
+  double conf       = 0;  ///< max probability
+  double p_true     = 0;  ///< probability of the gold choice
+  double entropy    = 0;  ///< -sum p ln p, nats, with 0 ln 0 = 0
+  double brier      = 0;  ///< sum_j (p_j - 1[j = gold])^2
+  double nll        = 0;  ///< logsumexp(s) - s_gold, which stays finite when p_gold underflows to 0
+  int pred          = 0;  ///< first index of the maximal score (numpy/torch argmax tie rule)
+  bool correct      = false;
+  bool correct_sum  = false;  ///< lm-eval acc: argmax of summed log-likelihoods
+  bool correct_norm = false;  ///< lm-eval acc_norm: argmax of per-character log-likelihoods (false w/o char_len)
+};
+
+/// Softmax of sample [begin, end) under `mode` and everything derived from it. Probabilities are
+/// exp(s_j - max) / sum: the max choice gets exactly 1 / sum.
+[[nodiscard]] QPROB_HOST_DEVICE inline sample_eval evaluate_sample(const double* loglik,
+                                                                   const std::int32_t* char_len,
+                                                                   const std::int32_t* token_len,
+                                                                   std::int64_t begin,
+                                                                   std::int64_t end,
+                                                                   int gold,
+                                                                   scoring mode) noexcept {
+  sample_eval r;
+  double max_score = -INFINITY;
+  double max_ll    = -INFINITY;
+  double max_norm  = -INFINITY;
+  int pred_sum     = 0;
+  int pred_norm    = 0;
+  for (std::int64_t j = begin; j < end; ++j) {
+    const int k    = static_cast<int>(j - begin);
+    const double s = choice_score(loglik[j], char_len, token_len, j, mode);
+    if (s > max_score) {
+      max_score = s;
+      r.pred    = k;
+    }
+    if (loglik[j] > max_ll) {
+      max_ll   = loglik[j];
+      pred_sum = k;
+    }
+    if (char_len != nullptr) {
+      const double sn = loglik[j] / static_cast<double>(char_len[j]);
+      if (sn > max_norm) {
+        max_norm  = sn;
+        pred_norm = k;
+      }
+    }
+  }
+  double sum = 0;
+  for (std::int64_t j = begin; j < end; ++j) {
+    sum += std::exp(choice_score(loglik[j], char_len, token_len, j, mode) - max_score);
+  }
+  const double log_sum = std::log(sum);
+  for (std::int64_t j = begin; j < end; ++j) {
+    const int k    = static_cast<int>(j - begin);
+    const double s = choice_score(loglik[j], char_len, token_len, j, mode);
+    const double p = std::exp(s - max_score) / sum;
+    if (p > 0) {
+      r.entropy -= p * std::log(p);
+    }
+    const double target = k == gold ? 1.0 : 0.0;
+    r.brier += (p - target) * (p - target);
+    if (k == gold) {
+      r.p_true = p;
+      r.nll    = log_sum - (s - max_score);
+    }
+  }
+  r.conf         = 1.0 / sum;
+  r.correct      = r.pred == gold;
+  r.correct_sum  = pred_sum == gold;
+  r.correct_norm = char_len != nullptr && pred_norm == gold;
+  return r;
+}
+
+/// Max score and sum of exp(s_j - max) of one sample: p_j = exp(s_j - max) / sum.
+struct softmax_stats {
+  double max_score = -INFINITY;
+  double sum       = 0;
+};
+
+[[nodiscard]] QPROB_HOST_DEVICE inline softmax_stats softmax_of(const double* loglik,
+                                                                const std::int32_t* char_len,
+                                                                const std::int32_t* token_len,
+                                                                std::int64_t begin,
+                                                                std::int64_t end,
+                                                                scoring mode) noexcept {
+  softmax_stats st;
+  for (std::int64_t j = begin; j < end; ++j) {
+    const double s = choice_score(loglik[j], char_len, token_len, j, mode);
+    st.max_score   = s > st.max_score ? s : st.max_score;
+  }
+  for (std::int64_t j = begin; j < end; ++j) {
+    st.sum += std::exp(choice_score(loglik[j], char_len, token_len, j, mode) - st.max_score);
+  }
+  return st;
+}
+
+/// Divergences between the full (p) and quantized (q) choice distributions of one sample, nats.
+struct pair_eval {
+  double js    = 0;  ///< 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2; in [0, ln 2]
+  double kl_pq = 0;  ///< KL(p || q)
+  double kl_qp = 0;  ///< KL(q || p)
+};
+
+/// Both distributions share [begin, end) (same samples, same choices). Terms with a zero probability
+/// contribute 0 (0 ln 0 = 0); logs are taken of the probabilities themselves, as scipy's rel_entr does.
+[[nodiscard]] QPROB_HOST_DEVICE inline pair_eval evaluate_pair(const double* ll_full,
+                                                               const double* ll_quant,
+                                                               const std::int32_t* char_len,
+                                                               const std::int32_t* token_len,
+                                                               std::int64_t begin,
+                                                               std::int64_t end,
+                                                               scoring mode) noexcept {
+  const softmax_stats sp = softmax_of(ll_full, char_len, token_len, begin, end, mode);
+  const softmax_stats sq = softmax_of(ll_quant, char_len, token_len, begin, end, mode);
+  pair_eval r;
+  for (std::int64_t j = begin; j < end; ++j) {
+    const double p = std::exp(choice_score(ll_full[j], char_len, token_len, j, mode) - sp.max_score) / sp.sum;
+    const double q = std::exp(choice_score(ll_quant[j], char_len, token_len, j, mode) - sq.max_score) / sq.sum;
+    const double m = 0.5 * (p + q);
+    if (p > 0) {
+      r.js += 0.5 * p * std::log(p / m);
+      r.kl_pq += p * std::log(p / q);  // +inf when q underflowed to 0: KL is infinite there
+    }
+    if (q > 0) {
+      r.js += 0.5 * q * std::log(q / m);
+      r.kl_qp += q * std::log(q / p);
+    }
+  }
+  // Rounding can leave a JS of identical distributions a few ulps below 0.
+  r.js = r.js < 0 ? 0.0 : r.js;
+  return r;
+}
+
+}  // namespace qprob::metrics
