@@ -4,10 +4,19 @@
 // per ACE variant.
 //
 // Bandwidth is counted on the compulsory traffic only: the input read once (offsets 8 B, per choice loglik
-// 8 B + char_len 4 B, gold 4 B per sample = 56 B/sample + 8 B for 4 choices). The pipeline moves more than
-// that (per-sample records, stable radix sorts for the bins and equal-mass ranges; Nixon ACE sorts once per
-// class), so `frac_of_copy` = compulsory GB/s / measured copy GB/s is the end-to-end efficiency against the
-// roofline of a single pass. The time includes the two host read-backs inside the API.
+// 8 B + char_len 4 B, gold 4 B per sample = 56 B/sample + 8 B for 4 choices).
+//
+// Floor: 10e6 x (8 + 4) B + 40e6 x (8 + 4) B + 8 B = 600 MB; at the H100's ~3.0 TB/s copy bandwidth
+// (read + write counted) that is 0.20 ms, and the issue's goal ("at least half") is <= 0.40 ms.
+//
+// What the pipeline moves beyond that (docs/metrics.md, "Performance and determinism"): the fused pass reads
+// the input once (all moments, counts, validation, ECE bins); equal_mass_top_label and uniform_average also
+// write one 8-byte conf key per sample (80 MB) and read it back per selection pass / bin pass; Nixon reads the
+// input a second time to write per-class probability keys (4 x 80 MB) and runs one selection per class over
+// them (a histogram pass per 8-bit digit until every range boundary is resolved, ~5 passes on random data).
+// `frac_of_copy` = compulsory GB/s / measured copy GB/s is the end-to-end efficiency against the roofline of
+// a single pass. The time includes the host read-backs inside the API (and Nixon's mid-way one).
+// bm_sample_pass times the fused pass alone (launcher level, no read-back).
 // Correctness: before timing, the device result on a 1M-sample prefix is compared with the host reference.
 //
 //   bench_metrics --benchmark_min_time=0.5s
@@ -99,6 +108,25 @@ void bm_model_metrics(benchmark::State& state, m::ace_variant ace) {
 
 }  // namespace
 
+/// The fused per-sample pass alone (validation, moments, counts, ECE bins): the part every variant shares.
+void bm_sample_pass(benchmark::State& state) {
+  namespace d = qprob::metrics::detail;
+  qprob::stream st;
+  const auto& s = task();
+  const m::device_choice_scores_storage ds(s.view(), st);
+  const m::device_choice_scores v = ds.view();
+  const int grid = d::streaming_grid(v.n, d::sample_pass_kernel);
+  qprob::device_buffer<double> dpart(static_cast<std::int64_t>(d::d_fields) * grid, st), dres(d::d_fields, st);
+  qprob::device_buffer<long long> ipart(static_cast<std::int64_t>(d::i_fields) * grid, st), ires(d::i_fields, st);
+  const d::sample_pass_params p{v, m::scoring::sum, 15, m::bin_edges::upper_closed, nullptr, dpart.data(), ipart.data()};
+  qprob::bench::time_iterations(state, st, [&] { QPROB_CUDA_TRY(d::launch_sample_pass(p, grid, dres.data(), ires.data(), st)); });
+  const double bytes = static_cast<double>(samples) * (8 + 4) + static_cast<double>(samples * choices) * (8 + 4) + 8;
+  qprob::bench::report_bandwidth(state, bytes);
+  state.counters["frac_of_copy"] = benchmark::Counter(bytes * static_cast<double>(state.iterations()) / qprob::bench::measured_copy_bandwidth(),
+                                                      benchmark::Counter::kIsRate);
+}
+
+BENCHMARK(bm_sample_pass)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(bm_model_metrics, ace_nixon, m::ace_variant::nixon)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(bm_model_metrics, ace_equal_mass_top_label, m::ace_variant::equal_mass_top_label)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(bm_model_metrics, ace_uniform_average, m::ace_variant::uniform_average)->UseManualTime()->Unit(benchmark::kMillisecond);

@@ -6,9 +6,12 @@
 #   tools/gpu-check.sh [--no-bench] [--bench-filter REGEX] [--tests-only]
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Everything is written to a work folder; $OUT (what comes back from the GPU machine: at most 8 files) gets
+# only summary.txt, ctest.log, ctest.xml, pytest.log, bench.json and, if the build failed, build.log.
 out="${OUT:-out}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
+work="$(mktemp -d /tmp/gpu-check.XXXXXX)"
 run_bench=1
 run_tests=1
 bench_filter="."
@@ -29,18 +32,18 @@ jobs="$(nproc)"
 preset=gpu
 start=$(date +%s)
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$work/gpu.txt"
 extra=()
 # Tokenizer tests need PCRE2/ICU development files, which the GPU machine may lack; they are host tests and
 # run in CI, so here they are optional.
 extra+=(-DQPROB_REQUIRE_TOKENIZER_DEPS=OFF)
 # QPROB_TEST_AREAS="core;policy;quant" restricts the build to some test areas.
 [ -n "${QPROB_TEST_AREAS:-}" ] && extra+=("-DQPROB_TEST_AREAS=${QPROB_TEST_AREAS}")
-if ! cmake --preset "$preset" "${extra[@]}" > "$out/configure.log" 2>&1; then
-  tail -40 "$out/configure.log"; echo "gpu-check: configure FAILED"; exit 1
+if ! cmake --preset "$preset" "${extra[@]}" > "$work/build.log" 2>&1; then
+  cp "$work/build.log" "$out/"; tail -40 "$work/build.log"; echo "gpu-check: configure FAILED"; exit 1
 fi
-if ! cmake --build --preset "$preset" -j "$jobs" > "$out/build.log" 2>&1; then
-  grep -E "error|Error" -A3 "$out/build.log" | head -60; echo "gpu-check: build FAILED"; exit 1
+if ! cmake --build --preset "$preset" -j "$jobs" >> "$work/build.log" 2>&1; then
+  cp "$work/build.log" "$out/"; grep -E "error|Error" -A3 "$work/build.log" | head -60; echo "gpu-check: build FAILED"; exit 1
 fi
 build_s=$(( $(date +%s) - start ))
 
@@ -50,8 +53,8 @@ if [ "$run_tests" = 1 ]; then
   grep -E "tests passed|tests failed" "$out/ctest.log" | tail -1
   grep -A200 "The following tests FAILED" "$out/ctest.log" | head -40
   if [ -d tests/torch ] && ls tests/torch/test_*.py >/dev/null 2>&1; then
-    QPROB_BUILD_DIR="$PWD/build/$preset" PYTHONUNBUFFERED=1 python3 -m pytest -q tests/torch \
-      --junitxml="$out/pytest.xml" > "$out/pytest.log" 2>&1 || ctest_status=1
+    QPROB_BUILD_DIR="$PWD/build/$preset" PYTHONUNBUFFERED=1 python3 -m pytest -q -rA -s tests/torch \
+      --junitxml="$work/pytest.xml" > "$out/pytest.log" 2>&1 || ctest_status=1
     tail -5 "$out/pytest.log"
   fi
 fi
@@ -60,10 +63,11 @@ if [ "$run_bench" = 1 ]; then
   for b in build/$preset/bench/bench_*; do
     [ -x "$b" ] || continue
     name=$(basename "$b")
-    "$b" --benchmark_filter="$bench_filter" --benchmark_min_time=0.1s --benchmark_out="$out/$name.json" \
-      --benchmark_out_format=json > "$out/$name.log" 2>&1 || { echo "gpu-check: $name FAILED"; tail -20 "$out/$name.log"; ctest_status=1; }
+    "$b" --benchmark_filter="$bench_filter" --benchmark_min_time=0.1s --benchmark_out="$work/$name.json" \
+      --benchmark_out_format=json > "$work/$name.log" 2>&1 || { echo "gpu-check: $name FAILED"; tail -20 "$work/$name.log"; ctest_status=1; }
   done
 fi
 
-python3 tools/gpu_summary.py "$out" --build-seconds "$build_s"
+python3 tools/gpu_summary.py "$work" --junit "$out/ctest.xml" --merge-bench "$out/bench.json" \
+  --build-seconds "$build_s" | tee "$out/summary.txt"
 exit "$ctest_status"

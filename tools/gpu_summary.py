@@ -30,13 +30,15 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--build-seconds", type=int, default=0)
     ap.add_argument("--build-dir", default="build/gpu")
+    ap.add_argument("--junit", help="ctest JUnit file (default: OUT/ctest.xml)")
+    ap.add_argument("--merge-bench", help="write every benchmark JSON of OUT into this one file")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     print("\n================ qprob GPU check summary ================")
     gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "unknown GPU"
     print(f"device: {gpu}   build: {args.build_seconds} s")
 
-    junit = out / "ctest.xml"
+    junit = pathlib.Path(args.junit) if args.junit else out / "ctest.xml"
     if junit.exists():
         labels = test_labels(args.build_dir)
         counts = collections.defaultdict(collections.Counter)
@@ -68,14 +70,18 @@ def main():
               f"{suite.get('errors')} errors, {suite.get('skipped')} skipped")
 
     rows = []
+    merged = {}
     for f in sorted(out.glob("bench_*.json")):
         data = json.loads(f.read_text())
+        merged[f.stem] = data
         for b in data.get("benchmarks", []):
             if b.get("run_type") == "aggregate":
                 continue
             rows.append((b["name"].split("/manual_time")[0], b.get("label", ""), b.get("real_time", 0),
                          b.get("time_unit", ""), b.get("GB/s"), b.get("frac_of_copy"), b.get("copy_GB/s"),
                          b.get("TFLOP/s"), b.get("speedup")))
+    if args.merge_bench and merged:
+        pathlib.Path(args.merge_bench).write_text(json.dumps(merged, indent=1))
     if rows:
         print(f"\n{'benchmark':<48}{'label':<20}{'time':>12}{'GB/s':>9}{'of copy':>9}{'TFLOP/s':>9}")
         for name, label, t, unit, gbs, frac, _copy, tf, _sp in rows:

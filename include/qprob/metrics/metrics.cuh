@@ -1,15 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 // Device implementation of the per-model and paired metrics (metrics layer, nvcc). One thread evaluates one
-// sample (the same evaluate_sample / evaluate_pair as the host reference); every sum is a fixed-order CUB
-// reduction in double (DeviceReduce, stable DeviceRadixSort + DeviceSegmentedReduce for bins and ranges;
-// no floating-point atomics), so results are run-to-run deterministic. All work is queued on the caller's
-// stream; the public functions read back once at the end (and once after input validation).
+// sample (the same evaluate_sample / evaluate_pair as the host reference). Per-model metrics: one fused pass
+// over the inputs plus, for the equal-mass ACE variants, a radix selection of the range boundaries over
+// compact 8-byte keys (device_passes.cuh); paired metrics: CUB DeviceReduce, stable DeviceRadixSort and
+// DeviceSegmentedReduce. Every floating-point sum is in double and in a fixed order (no floating-point
+// atomics), so results are run-to-run deterministic on one GPU. All work is queued on the caller's stream;
+// the public functions read back at the end (and once after input validation where a later stage needs it).
 
 #include <qprob/core/cuda_check.hpp>
 #include <qprob/core/device_buffer.hpp>
 #include <qprob/core/launch.hpp>
 #include <qprob/core/temp_storage.hpp>
+#include <qprob/metrics/device_passes.cuh>
 #include <qprob/metrics/reference.hpp>
 #include <qprob/metrics/sample.hpp>
 #include <qprob/metrics/types.hpp>
@@ -33,18 +36,6 @@
 #include <vector>
 
 namespace qprob::metrics {
-
-/// Device pointers of one model's scores on one task (layout as choice_scores_view). char_len / token_len
-/// may be null when the scoring and acc_norm do not need them.
-struct device_choice_scores {
-  const std::int64_t* offsets = nullptr;  ///< n + 1
-  const double* loglik = nullptr;         ///< offsets[n]
-  const std::int32_t* char_len = nullptr;
-  const std::int32_t* token_len = nullptr;
-  const std::int32_t* gold = nullptr;     ///< n
-  std::int64_t n = 0;
-  std::int64_t total = 0;                 ///< offsets[n]
-};
 
 /// Owning device copy of host scores (tests, benchmark, parity driver).
 class device_choice_scores_storage {
@@ -79,44 +70,6 @@ inline constexpr int block_threads = 256;  // one sample per thread; occupancy-n
 [[nodiscard]] inline unsigned grid_for(std::int64_t n) {
   return static_cast<unsigned>((n + block_threads - 1) / block_threads);
 }
-
-/// Sums of everything the scalar per-model metrics need.
-struct moment_sums {
-  double conf = 0, conf_ok = 0, conf_bad = 0, p_true = 0, entropy = 0, brier = 0, nll = 0;
-  long long n_ok = 0, n_sum = 0, n_norm = 0;
-};
-struct moment_plus {
-  QPROB_HOST_DEVICE moment_sums operator()(const moment_sums& a, const moment_sums& b) const {
-    return {a.conf + b.conf,       a.conf_ok + b.conf_ok, a.conf_bad + b.conf_bad, a.p_true + b.p_true,
-            a.entropy + b.entropy, a.brier + b.brier,     a.nll + b.nll,           a.n_ok + b.n_ok,
-            a.n_sum + b.n_sum,     a.n_norm + b.n_norm};
-  }
-};
-
-/// Per-sample record written by sample_kernel.
-struct sample_record {
-  double conf, p_true, entropy, brier, nll;
-  std::int32_t pred;
-  std::uint8_t correct, correct_sum, correct_norm;
-};
-struct record_to_moments {
-  const sample_record* rec;
-  QPROB_HOST_DEVICE moment_sums operator()(std::int64_t i) const {
-    const sample_record r = rec[i];
-    moment_sums m;
-    m.conf     = r.conf;
-    m.conf_ok  = r.correct ? r.conf : 0.0;
-    m.conf_bad = r.correct ? 0.0 : r.conf;
-    m.p_true   = r.p_true;
-    m.entropy  = r.entropy;
-    m.brier    = r.brier;
-    m.nll      = r.nll;
-    m.n_ok     = r.correct;
-    m.n_sum    = r.correct_sum;
-    m.n_norm   = r.correct_norm;
-    return m;
-  }
-};
 
 /// Sums of one bin / range: count, a "confidence" sum and an "outcome" sum.
 struct bin_sums {
@@ -160,69 +113,6 @@ struct check_sample {
     }
     return {ok ? static_cast<long long>(s.n) : static_cast<long long>(i), k};
   }
-};
-
-__global__ void sample_kernel(device_choice_scores s, scoring mode, int bins, bin_edges edges, sample_record* rec, int* bin) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= s.n) {
-    return;
-  }
-  const sample_eval e = evaluate_sample(s.loglik, s.char_len, s.token_len, s.offsets[i], s.offsets[i + 1], s.gold[i], mode);
-  rec[i] = {e.conf, e.p_true, e.entropy, e.brier, e.nll, e.pred, static_cast<std::uint8_t>(e.correct),
-            static_cast<std::uint8_t>(e.correct_sum), static_cast<std::uint8_t>(e.correct_norm)};
-  bin[i] = calibration_bin(e.conf, bins, edges);
-}
-
-/// Class-k probability of every sample (2.0, above every probability, for samples without a choice k, so
-/// they sort last) and whether gold == k.
-__global__ void class_prob_kernel(device_choice_scores s, scoring mode, int k, double* pk, std::uint8_t* is_k) {
-  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= s.n) {
-    return;
-  }
-  const std::int64_t b = s.offsets[i], e = s.offsets[i + 1];
-  if (e - b <= k) {
-    pk[i]   = 2.0;
-    is_k[i] = 0;
-    return;
-  }
-  const softmax_stats st = softmax_of(s.loglik, s.char_len, s.token_len, b, e, mode);
-  pk[i]   = exp(choice_score(s.loglik[b + k], s.char_len, s.token_len, b + k, mode) - st.max_score) / st.sum;
-  is_k[i] = s.gold[i] == k;
-}
-
-/// np.array_split offsets of `count` sorted items (count read on the device) into `ranges` parts.
-__global__ void equal_mass_offsets_kernel(const long long* count, int ranges, std::int64_t* offsets) {
-  const int r = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (r <= ranges) {
-    offsets[r] = equal_mass_start(r, *count, ranges);
-  }
-}
-
-struct sorted_bin_value {
-  const std::int64_t* order;  // sorted position -> sample
-  const double* conf;         // per sample (or per sample via stride)
-  const std::uint8_t* hit;
-  QPROB_HOST_DEVICE bin_sums operator()(std::int64_t j) const {
-    const std::int64_t i = order[j];
-    return {1.0, conf[i], hit[i] ? 1.0 : 0.0};
-  }
-};
-struct record_correct {
-  QPROB_HOST_DEVICE std::uint8_t operator()(const sample_record& r) const { return r.correct; }
-};
-struct has_choice {
-  const double* pk;
-  QPROB_HOST_DEVICE long long operator()(std::int64_t i) const { return pk[i] <= 1.0 ? 1 : 0; }
-};
-struct conf_to_bin {
-  int bins;
-  bin_edges edges;
-  QPROB_HOST_DEVICE int operator()(double c) const { return calibration_bin(c, bins, edges); }
-};
-struct record_conf {
-  const sample_record* rec;
-  QPROB_HOST_DEVICE double operator()(std::int64_t i) const { return rec[i].conf; }
 };
 
 /// Throws with the reference's message for the first invalid sample (copied to the host for the wording).
@@ -311,19 +201,6 @@ inline void sort_by_key(const int* keys, std::int64_t n, int slots, device_buffe
                       thrust::make_counting_iterator<int>(0), thrust::make_counting_iterator<int>(slots + 1), offsets.data());
 }
 
-/// Stable sort of sample indices by a double key (ascending, ties in sample order).
-inline void sort_by_value(const double* keys, std::int64_t n, device_buffer<std::int64_t>& order, cudaStream_t stream) {
-  QPROB_CHECK(n <= INT_MAX, "metrics (device): n=", n, " exceeds the 32-bit sort size");
-  device_buffer<double> keys_sorted(n, stream);
-  device_buffer<std::int64_t> idx(n, stream);
-  order = device_buffer<std::int64_t>(n, stream);
-  thrust::sequence(thrust::cuda::par_nosync.on(stream), idx.data(), idx.data() + n);
-  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
-    return cub::DeviceRadixSort::SortPairs(t, b, keys, keys_sorted.data(), idx.data(), order.data(), static_cast<int>(n), 0,
-                                           static_cast<int>(sizeof(double) * 8), stream);
-  }));
-}
-
 /// ECE / MCE / RMSCE / unweighted mean from per-bin sums (host, fixed bin order).
 inline calibration_errors finish_bins(const std::vector<bin_sums>& s, int bins, double n) {
   calibration_errors r;
@@ -385,130 +262,186 @@ inline choice_scores copy_to_host(const device_choice_scores& s, cudaStream_t st
   return h;
 }
 
-/// Nixon ACE on the device: per class a stable sort of p_k, equal-mass offsets, segmented sums.
-inline double ace_nixon_device(const device_choice_scores& s, scoring mode, int ranges, int max_k, cudaStream_t stream) {
-  device_buffer<double> pk(s.n, stream);
-  device_buffer<std::uint8_t> is_k(s.n, stream);
-  device_buffer<long long> present(1, stream);
-  device_buffer<std::int64_t> offsets(ranges + 1, stream);
-  device_buffer<bin_sums> cells(static_cast<std::int64_t>(max_k) * ranges, stream);
-  device_buffer<std::int64_t> order;
-  for (int k = 0; k < max_k; ++k) {
-    class_prob_kernel<<<grid_for(s.n), block_threads, 0, stream>>>(s, mode, k, pk.data(), is_k.data());
-    QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
-    const auto has_k = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), has_choice{pk.data()});
-    QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
-      return cub::DeviceReduce::Sum(t, b, has_k, present.data(), s.n, stream);
-    }));
-    sort_by_value(pk.data(), s.n, order, stream);
-    equal_mass_offsets_kernel<<<1, 1024, 0, stream>>>(present.data(), ranges, offsets.data());
-    QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
-    segmented_bin_sums(sorted_bin_value{order.data(), pk.data(), is_k.data()}, ranges, offsets.data(),
-                       cells.data() + static_cast<std::int64_t>(k) * ranges, stream);
+
+/// Equal-mass range sums of `classes` populations of compact keys (classes x n, sentinel = absent): per
+/// class the radix selection of the R - 1 boundaries, then per-range count / value sum / flag count.
+/// Returns classes x ranges bin_sums, class-major. Synchronizes the stream (read-back).
+inline std::vector<bin_sums> equal_mass_sums(const key_t* keys, std::int64_t n, int classes, int ranges, cudaStream_t stream) {
+  const int nb = ranges - 1;
+  const std::int64_t cells = static_cast<std::int64_t>(classes) * std::max(nb, 1);
+  device_buffer<select_boundary> boundary(cells, stream);
+  device_buffer<select_class> cls(classes, stream);
+  device_buffer<prefix_t> leader(cells, stream);
+  device_buffer<unsigned> hist(cells * 256, stream);
+  const select_state st{boundary.data(), cls.data(), leader.data(), hist.data(), classes, nb, ranges};
+  QPROB_CUDA_TRY(launch_select(keys, n, st, stream));
+
+  const int groups = (ranges + slot_group - 1) / slot_group;
+  const int grid   = group_sums_grid(n, classes, nb);
+  device_buffer<double> dpart(static_cast<std::int64_t>(classes) * slot_group * grid, stream);
+  device_buffer<long long> ipart(static_cast<std::int64_t>(classes) * 2 * slot_group * grid, stream);
+  device_buffer<double> dres(static_cast<std::int64_t>(groups) * classes * slot_group, stream);
+  device_buffer<long long> ires(static_cast<std::int64_t>(groups) * classes * 2 * slot_group, stream);
+  for (int g = 0; g < groups; ++g) {
+    const group_sums_params p{keys, n, g * slot_group, true, boundary.data(), nb, 0, bin_edges::upper_closed, dpart.data(), ipart.data()};
+    QPROB_CUDA_TRY(launch_group_sums(p, classes, grid, dres.data() + static_cast<std::int64_t>(g) * classes * slot_group,
+                                     ires.data() + static_cast<std::int64_t>(g) * classes * 2 * slot_group, stream));
   }
-  const auto host = cells.to_host();
-  std::int64_t used = 0;
-  double total      = 0;
-  return finish_ranges(host, used, total);
+  const auto dh = dres.to_host();
+  const auto ih = ires.to_host();
+  std::vector<bin_sums> out(static_cast<std::size_t>(classes) * static_cast<std::size_t>(ranges));
+  for (int c = 0; c < classes; ++c) {
+    for (int r = 0; r < ranges; ++r) {
+      const std::size_t gc = static_cast<std::size_t>(r / slot_group) * static_cast<std::size_t>(classes) + static_cast<std::size_t>(c);
+      const std::size_t s  = static_cast<std::size_t>(r % slot_group);
+      auto& o              = out[static_cast<std::size_t>(c) * static_cast<std::size_t>(ranges) + static_cast<std::size_t>(r)];
+      o.count              = static_cast<double>(ih[gc * 2 * slot_group + s]);
+      o.hit                = static_cast<double>(ih[gc * 2 * slot_group + slot_group + s]);
+      o.conf               = dh[gc * slot_group + s];
+    }
+  }
+  return out;
+}
+
+/// Equal-width bin sums (count, conf sum, correct count) of `bins` bins under `edges` from conf keys, for
+/// the slot groups first_group.. (slots of earlier groups are left zero). Synchronizes the stream.
+inline std::vector<bin_sums> equal_width_sums(const key_t* keys, std::int64_t n, int bins, bin_edges edges, int first_group,
+                                              cudaStream_t stream) {
+  const int slots  = bin_slots(bins, edges);
+  const int groups = (slots + slot_group - 1) / slot_group;
+  std::vector<bin_sums> out(static_cast<std::size_t>(slots));
+  if (first_group >= groups) {
+    return out;
+  }
+  const int grid = group_sums_grid(n, 1, 0);
+  device_buffer<double> dpart(static_cast<std::int64_t>(slot_group) * grid, stream);
+  device_buffer<long long> ipart(static_cast<std::int64_t>(2) * slot_group * grid, stream);
+  device_buffer<double> dres(static_cast<std::int64_t>(groups) * slot_group, stream);
+  device_buffer<long long> ires(static_cast<std::int64_t>(groups) * 2 * slot_group, stream);
+  for (int g = first_group; g < groups; ++g) {
+    const group_sums_params p{keys, n, g * slot_group, false, nullptr, 0, bins, edges, dpart.data(), ipart.data()};
+    QPROB_CUDA_TRY(launch_group_sums(p, 1, grid, dres.data() + static_cast<std::int64_t>(g) * slot_group,
+                                     ires.data() + static_cast<std::int64_t>(g) * 2 * slot_group, stream));
+  }
+  const auto dh = dres.to_host();
+  const auto ih = ires.to_host();
+  for (int b = first_group * slot_group; b < slots; ++b) {
+    const std::size_t g = static_cast<std::size_t>(b / slot_group), s = static_cast<std::size_t>(b % slot_group);
+    out[static_cast<std::size_t>(b)].count = static_cast<double>(ih[g * 2 * slot_group + s]);
+    out[static_cast<std::size_t>(b)].hit   = static_cast<double>(ih[g * 2 * slot_group + slot_group + s]);
+    out[static_cast<std::size_t>(b)].conf  = dh[g * slot_group + s];
+  }
+  return out;
 }
 
 }  // namespace detail
 
 /// All per-model metrics of one task on the device. Same results as compute_model_metrics_reference up to
-/// the summation order (see docs/metrics.md). Queues everything on `stream`; synchronizes it twice (after
-/// validation, and to read the results). Throws invalid_argument for invalid inputs, cuda_error on CUDA errors.
-/// Requires ranges <= 1023 and n <= 2^31 - 1 (32-bit sort sizes).
+/// the summation order (see docs/metrics.md, "Performance and determinism"). Queues everything on `stream`:
+/// one fused pass over the inputs (validation, every moment, the first 16 calibration bins), then what the
+/// ACE variant needs (Nixon: per-class probability keys and a radix selection of the equal-mass boundaries;
+/// equal_mass_top_label: the same over the conf keys the fused pass wrote; uniform_average: bin sums over
+/// the conf keys). Synchronizes the stream to read results back (Nixon and seed_compat also once after the
+/// fused pass, for the validation result and K). Throws invalid_argument for invalid inputs, cuda_error on
+/// CUDA errors. Requires ace_ranges <= 1023 and n <= 2^31 - 1.
 [[nodiscard]] inline model_metrics compute_model_metrics(const device_choice_scores& s, const metric_options& opt, cudaStream_t stream) {
   using namespace detail;
   opt.validate();
   QPROB_CHECK(opt.ace_ranges <= 1023, "compute_model_metrics: ace_ranges=", opt.ace_ranges, " must be <= 1023 on the device");
-  const int max_k = validate_device(s, nullptr, opt.score, stream);
+  QPROB_CHECK(s.n >= 1, "metrics (device): needs at least one sample, got n=", s.n);
+  QPROB_CHECK(s.n <= INT_MAX, "metrics (device): n=", s.n, " exceeds 2^31 - 1 samples");
+  QPROB_CHECK(s.offsets != nullptr && s.loglik != nullptr && s.gold != nullptr, "metrics (device): null input pointer");
+  QPROB_CHECK(opt.score != scoring::char_normalized || s.char_len != nullptr, "metrics (device): char_normalized scoring needs char_len");
+  QPROB_CHECK(opt.score != scoring::token_normalized || s.token_len != nullptr, "metrics (device): token_normalized scoring needs token_len");
   const std::int64_t n = s.n;
+  const int slots      = bin_slots(opt.calibration_bins, opt.edges);
+  const bool top_label = opt.ace == ace_variant::equal_mass_top_label;
+  const bool uniform   = opt.ace == ace_variant::uniform_average;
+  const bool need_keys = top_label || uniform || slots > slot_group;
 
-  device_buffer<sample_record> rec(n, stream);
-  device_buffer<int> bin(n, stream);
-  sample_kernel<<<grid_for(n), block_threads, 0, stream>>>(s, opt.score, opt.calibration_bins, opt.edges, rec.data(), bin.data());
-  QPROB_CUDA_TRY(::qprob::detail::post_launch(stream));
+  // 1. the fused pass: validation, moments, calibration bins [0, 16), optional conf keys
+  const int grid = streaming_grid(n, sample_pass_kernel);
+  device_buffer<double> dpart(static_cast<std::int64_t>(d_fields) * grid, stream);
+  device_buffer<long long> ipart(static_cast<std::int64_t>(i_fields) * grid, stream);
+  device_buffer<double> dres(d_fields, stream);
+  device_buffer<long long> ires(i_fields, stream);
+  device_buffer<key_t> conf_keys(need_keys ? n : 0, stream);
+  const sample_pass_params sp{s, opt.score, opt.calibration_bins, opt.edges, need_keys ? conf_keys.data() : nullptr, dpart.data(), ipart.data()};
+  QPROB_CUDA_TRY(launch_sample_pass(sp, grid, dres.data(), ires.data(), stream));
 
-  device_buffer<moment_sums> moments(1, stream);
-  const auto mom_in = thrust::make_transform_iterator(thrust::make_counting_iterator<std::int64_t>(0), record_to_moments{rec.data()});
-  QPROB_CUDA_TRY(cub_two_phase(stream, [&](void* t, std::size_t& b) {
-    return cub::DeviceReduce::Reduce(t, b, mom_in, moments.data(), n, moment_plus{}, moment_sums{}, stream);
-  }));
-
-  // conf and correctness as plain arrays for the binning passes
-  device_buffer<double> conf(n, stream);
-  device_buffer<std::uint8_t> ok(n, stream);
-  thrust::transform(thrust::cuda::par_nosync.on(stream), thrust::make_counting_iterator<std::int64_t>(0),
-                    thrust::make_counting_iterator<std::int64_t>(n), conf.data(), record_conf{rec.data()});
-  thrust::transform(thrust::cuda::par_nosync.on(stream), rec.data(), rec.data() + n, ok.data(), record_correct{});
-
-  const int slots = bin_slots(opt.calibration_bins, opt.edges);
-  device_buffer<std::int64_t> order, offsets;
-  sort_by_key(bin.data(), n, slots, order, offsets, stream);
-  device_buffer<bin_sums> cal(slots, stream);
-  segmented_bin_sums(sorted_bin_value{order.data(), conf.data(), ok.data()}, slots, offsets.data(), cal.data(), stream);
-
-  double ace = nan_v;
-  std::vector<bin_sums> ace_host;
-  int ace_slots = 0;
-  if (opt.ace == ace_variant::uniform_average) {
-    ace_slots = bin_slots(opt.ace_ranges, opt.edges);
-    device_buffer<int> abin(n, stream);
-    thrust::transform(thrust::cuda::par_nosync.on(stream), conf.data(), conf.data() + n, abin.data(),
-                      conf_to_bin{opt.ace_ranges, opt.edges});
-    device_buffer<std::int64_t> aorder, aoff;
-    sort_by_key(abin.data(), n, ace_slots, aorder, aoff, stream);
-    device_buffer<bin_sums> asums(ace_slots, stream);
-    segmented_bin_sums(sorted_bin_value{aorder.data(), conf.data(), ok.data()}, ace_slots, aoff.data(), asums.data(), stream);
-    ace = finish_bins(asums.to_host(), opt.ace_ranges, static_cast<double>(n)).uniform_average;
-  } else if (opt.ace == ace_variant::equal_mass_top_label) {
-    device_buffer<std::int64_t> corder;
-    sort_by_value(conf.data(), n, corder, stream);
-    std::vector<std::int64_t> h_off(static_cast<std::size_t>(opt.ace_ranges + 1));
-    for (int r = 0; r <= opt.ace_ranges; ++r) {
-      h_off[static_cast<std::size_t>(r)] = equal_mass_start(r, n, opt.ace_ranges);
+  std::vector<long long> ih;
+  const auto check_valid = [&] {
+    if (ih[i_first_bad] < n) {
+      report_invalid(s, nullptr, opt.score, ih[i_first_bad], stream);
     }
-    device_buffer<std::int64_t> roff(h_off, stream);
-    device_buffer<bin_sums> rsums(opt.ace_ranges, stream);
-    segmented_bin_sums(sorted_bin_value{corder.data(), conf.data(), ok.data()}, opt.ace_ranges, roff.data(), rsums.data(), stream);
+  };
+
+  // 2. ACE
+  double ace = nan_v;
+  if (opt.ace == ace_variant::nixon || opt.ace == ace_variant::seed_compat) {
+    ih = ires.to_host();  // validation result and K before reading choices by class
+    check_valid();
+    const int max_k = static_cast<int>(ih[i_max_k]);
+    if (opt.ace == ace_variant::nixon) {
+      device_buffer<key_t> class_keys(static_cast<std::int64_t>(max_k) * n, stream);
+      QPROB_CUDA_TRY(launch_class_keys(s, opt.score, max_k, class_keys.data(), stream));
+      const auto cells  = equal_mass_sums(class_keys.data(), n, max_k, opt.ace_ranges, stream);
+      std::int64_t used = 0;
+      double total      = 0;
+      ace               = finish_ranges(cells, used, total);
+    } else {
+      const auto h = copy_to_host(s, stream);
+      ace          = ace_seed_compat(h.view(), opt.score, opt.seed_ace_ranges, opt.seed_ece_bins);
+    }
+  } else if (top_label) {
+    const auto cells  = equal_mass_sums(conf_keys.data(), n, 1, opt.ace_ranges, stream);
     std::int64_t used = 0;
     double total      = 0;
-    ace               = finish_ranges(rsums.to_host(), used, total);
-  } else if (opt.ace == ace_variant::nixon) {
-    ace = ace_nixon_device(s, opt.score, opt.ace_ranges, max_k, stream);
-  } else {
-    const auto h = copy_to_host(s, stream);
-    ace          = ace_seed_compat(h.view(), opt.score, opt.seed_ace_ranges, opt.seed_ece_bins);
+    ace               = finish_ranges(cells, used, total);
+  } else if (uniform) {
+    const auto sums = equal_width_sums(conf_keys.data(), n, opt.ace_ranges, opt.edges, 0, stream);
+    ace             = finish_bins(sums, opt.ace_ranges, static_cast<double>(n)).uniform_average;
   }
-  (void)ace_slots;
+  // calibration bins beyond the first 16 slots (more than 15 bins) from the conf keys
+  std::vector<bin_sums> cal = slots > slot_group ? equal_width_sums(conf_keys.data(), n, opt.calibration_bins, opt.edges, 1, stream)
+                                                 : std::vector<bin_sums>(static_cast<std::size_t>(slots));
 
-  const moment_sums ms = moments.to_host()[0];
-  const auto cal_host  = cal.to_host();
+  const auto dh = dres.to_host();
+  if (ih.empty()) {
+    ih = ires.to_host();
+    check_valid();  // the ACE results above are discarded when the input was invalid
+  }
+  for (int b = 0; b < std::min(slots, slot_group); ++b) {
+    auto& c = cal[static_cast<std::size_t>(b)];
+    c.count = static_cast<double>(ih[static_cast<std::size_t>(i_bin_count + b)]);
+    c.hit   = static_cast<double>(ih[static_cast<std::size_t>(i_bin_hit + b)]);
+    c.conf  = dh[static_cast<std::size_t>(d_bins + b)];
+  }
+  const long long n_ok = ih[i_ok], n_sum = ih[i_sum], n_norm = ih[i_norm];
 
   model_metrics m;
   const double nn = static_cast<double>(n);
   m.n             = n;
-  m.n_correct     = ms.n_ok;
-  m.acc           = static_cast<double>(ms.n_sum) / nn;
-  m.acc_stderr    = proportion_stderr(ms.n_sum, n);
-  m.acc_wilson    = wilson_interval(ms.n_sum, n, opt.confidence_level);
-  m.acc_bootstrap = bootstrap_proportion_interval(ms.n_sum, n, opt.bootstrap_iterations, opt.bootstrap_seed, opt.confidence_level);
+  m.n_correct     = n_ok;
+  m.acc           = static_cast<double>(n_sum) / nn;
+  m.acc_stderr    = proportion_stderr(n_sum, n);
+  m.acc_wilson    = wilson_interval(n_sum, n, opt.confidence_level);
+  m.acc_bootstrap = bootstrap_proportion_interval(n_sum, n, opt.bootstrap_iterations, opt.bootstrap_seed, opt.confidence_level);
   if (s.char_len != nullptr) {
-    m.acc_norm        = static_cast<double>(ms.n_norm) / nn;
-    m.acc_norm_stderr = proportion_stderr(ms.n_norm, n);
-    m.acc_norm_wilson = wilson_interval(ms.n_norm, n, opt.confidence_level);
+    m.acc_norm        = static_cast<double>(n_norm) / nn;
+    m.acc_norm_stderr = proportion_stderr(n_norm, n);
+    m.acc_norm_wilson = wilson_interval(n_norm, n, opt.confidence_level);
   }
-  m.accuracy     = static_cast<double>(ms.n_ok) / nn;
-  m.conf         = ms.conf / nn;
-  m.conf_correct = ms.n_ok > 0 ? ms.conf_ok / static_cast<double>(ms.n_ok) : nan_v;
-  m.conf_err     = ms.n_ok < n ? ms.conf_bad / static_cast<double>(n - ms.n_ok) : nan_v;
-  m.conf_true    = ms.p_true / nn;
-  m.entropy      = ms.entropy / nn;
+  m.accuracy     = static_cast<double>(n_ok) / nn;
+  m.conf         = dh[d_conf] / nn;
+  m.conf_correct = n_ok > 0 ? dh[d_conf_ok] / static_cast<double>(n_ok) : nan_v;
+  m.conf_err     = n_ok < n ? dh[d_conf_bad] / static_cast<double>(n - n_ok) : nan_v;
+  m.conf_true    = dh[d_p_true] / nn;
+  m.entropy      = dh[d_entropy] / nn;
   m.entropy_bits = m.entropy / std::log(2.0);
-  m.brier        = ms.brier / nn;
-  m.nll          = ms.nll / nn;
-  auto ce        = finish_bins(cal_host, opt.calibration_bins, nn);
+  m.brier        = dh[d_brier] / nn;
+  m.nll          = dh[d_nll] / nn;
+  auto ce        = finish_bins(cal, opt.calibration_bins, nn);
   m.ece          = ce.ece;
   m.mce          = ce.mce;
   m.rmsce        = ce.rmsce;

@@ -25,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -455,13 +456,25 @@ gptq_report gptq_quantize(device_view<const typename P::compute_type, 2> w,
   int lwork_inv = 0;
   QPROB_CUSOLVER_TRY(cusolverDnSpotri_bufferSize(solver.get(), CUBLAS_FILL_MODE_LOWER, ik, hf.data(), ik, &lwork_inv));
   device_buffer<float> work(std::max(lwork, lwork_inv) + 1, stream);
+  // cuSOLVER's potrf can report success on an indefinite matrix when a pivot turns into NaN (NaN <= 0 is
+  // false), seen on an H100 with CUDA 13.0; so every factor's diagonal is checked on the host (K floats).
+  std::vector<float> factor_diag(static_cast<std::size_t>(k));
+  const auto factor_ok = [&](int solver_info) {
+    if (solver_info != 0) {
+      return false;
+    }
+    QPROB_CUDA_TRY(cudaMemcpy2DAsync(factor_diag.data(), sizeof(float), hf.data(), static_cast<std::size_t>(k + 1) * sizeof(float),
+                                     sizeof(float), static_cast<std::size_t>(k), cudaMemcpyDeviceToHost, stream));
+    QPROB_CUDA_TRY(cudaStreamSynchronize(stream));
+    return std::all_of(factor_diag.begin(), factor_diag.end(), [](float v) { return std::isfinite(v) && v > 0.0f; });
+  };
   double damp = options.damp_percent;
   for (int attempt = 0;; ++attempt) {
     QPROB_CUDA_TRY(cudaMemcpyAsync(hf.data(), h.data(), static_cast<std::size_t>(h.bytes()), cudaMemcpyDeviceToDevice, stream));
     detail::add_diagonal_kernel<<<detail::blocks_for(k, threads), threads, 0, stream>>>(hf.data(), k, static_cast<float>(damp * mean_diag));
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
     QPROB_CUSOLVER_TRY(cusolverDnSpotrf(solver.get(), CUBLAS_FILL_MODE_LOWER, ik, hf.data(), ik, work.data(), lwork, info.data()));
-    if (info.to_host()[0] == 0) {
+    if (factor_ok(info.to_host()[0])) {
       break;
     }
     QPROB_CHECK(attempt < options.max_damp_retries, "gptq_quantize: the Hessian is not positive definite even with damp_percent=",
@@ -475,7 +488,11 @@ gptq_report gptq_quantize(device_view<const typename P::compute_type, 2> w,
   QPROB_CUSOLVER_TRY(cusolverDnSpotri(solver.get(), CUBLAS_FILL_MODE_LOWER, ik, hf.data(), ik, work.data(), lwork_inv, info.data()));
   QPROB_CHECK(info.to_host()[0] == 0, "gptq_quantize: inverting the damped Hessian failed (potri info=", info.to_host()[0], ")");
   QPROB_CUSOLVER_TRY(cusolverDnSpotrf(solver.get(), CUBLAS_FILL_MODE_LOWER, ik, hf.data(), ik, work.data(), lwork, info.data()));
-  QPROB_CHECK(info.to_host()[0] == 0, "gptq_quantize: the inverse Hessian is not positive definite (potrf info=", info.to_host()[0], ")");
+  if (const int failed = info.to_host()[0]; !factor_ok(failed)) {
+    throw invalid_argument(qprob::detail::concat("gptq_quantize: the inverse of the damped Hessian (damp_percent=", damp, ", k=", k,
+                                                 ") could not be factored in float32 (potrf info=", failed,
+                                                 "); raise damp_percent or use more calibration data"));
+  }
   h = device_buffer<float>();  // the undamped copy is no longer needed
   const float* u = hf.data();
 

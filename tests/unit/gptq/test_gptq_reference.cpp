@@ -37,22 +37,29 @@ qprob::reference::gptq_result run_gptq(const layer_problem& prob, qprob::gptq_op
                                                            qprob::make_host_view(prob.h.data(), prob.k, prob.k), opt);
 }
 
+/// GPTQ's output error must be below RTN's, summed over `layers` independent layers. GPTQ is greedy and
+/// promises nothing for one small layer at 2 bits: over 60 seeds a 16-row layer lost once (ratio 1.12) and 64-row
+/// layers reached 0.977, while the expected ratio is about 0.8; four 64-row layers together stay well below 1.
 template <class P>
-void check_beats_rtn(std::int64_t n, std::int64_t k, std::mt19937_64& rng) {
+void check_beats_rtn(std::int64_t n, std::int64_t k, std::mt19937_64& rng, int layers = 1) {
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(n);
   CAPTURE(k);
-  const auto prob  = qprob::test::make_layer_problem(n, k, 4 * k, rng);
-  const auto gptq  = run_gptq<P>(prob);
-  const double e_g = qprob::test::reconstruction_error(prob, gptq.dequantized);
-  const double e_r = qprob::test::reconstruction_error(prob, rtn_dequantized<P>(prob));
-  MESSAGE(qprob::policy_name<P>(), " n=", n, " k=", k, ": GPTQ/RTN output error ratio ", e_g / e_r);
+  double e_g = 0;
+  double e_r = 0;
+  for (int layer = 0; layer < layers; ++layer) {
+    const auto prob = qprob::test::make_layer_problem(n, k, 4 * k, rng);
+    const auto gptq = run_gptq<P>(prob);
+    e_g += qprob::test::reconstruction_error(prob, gptq.dequantized);
+    e_r += qprob::test::reconstruction_error(prob, rtn_dequantized<P>(prob));
+    // The codes must mean what the returned dequantized weights say (g_idx included for act-order).
+    const auto deq = qprob::reference::dequantize<P, double>(gptq.weight);
+    REQUIRE(deq.size() == gptq.dequantized.size());
+    CHECK(std::equal(deq.begin(), deq.end(), gptq.dequantized.begin()));
+  }
+  MESSAGE(qprob::policy_name<P>(), " ", layers, " x (n=", n, ", k=", k, "): GPTQ/RTN output error ratio ", e_g / e_r);
   CHECK(e_g > 0);
   CHECK(e_g < e_r);
-  // The codes must mean what the returned dequantized weights say (g_idx included for act-order).
-  const auto deq = qprob::reference::dequantize<P, double>(gptq.weight);
-  REQUIRE(deq.size() == gptq.dequantized.size());
-  CHECK(std::equal(deq.begin(), deq.end(), gptq.dequantized.begin()));
 }
 
 }  // namespace
@@ -76,7 +83,7 @@ TEST_CASE("GPTQ beats RTN for asymmetric, per-channel, small groups and act-orde
 TEST_CASE("GPTQ beats RTN at 2, 3 and 8 bits") {
   INFO("QPROB_TEST_SEED=", qprob::test::run_seed());
   auto rng = qprob::test::make_rng(53);
-  check_beats_rtn<p::int2_g64>(16, 256, rng);
+  check_beats_rtn<p::int2_g64>(64, 256, rng, 4);
   check_beats_rtn<p::int3_g128>(16, 256, rng);
   check_beats_rtn<p::int8_g128>(16, 256, rng);
 }
