@@ -12,6 +12,7 @@ packages=(
   libcli11-dev           # command-line drivers
   libbenchmark-dev       # bench/ (GPU machine)
   libpcre2-dev libicu-dev libsentencepiece-dev   # qprob::tokenizer (Unicode regex, normalization, SentencePiece)
+  zlib1g-dev             # gzip calibration corpora (.jsonl.gz)
 )
 
 sudo_cmd=()

@@ -7,11 +7,19 @@
 // the parsed config. Malformed input prints the error (file, field, problem) and exits with status 1.
 //
 // Host-only; no GPU needed.
+// With --text it also tokenizes a string with the directory's tokenizer (tokenizer.json, vocab.json + merges.txt
+// or tokenizer.model, with the BOS rules of tokenizer_config.json) and prints the ids, the tokens and the decoded
+// text, with and without special tokens.
+//
 //   qprob-inspect ../shared/models/stories260K
+//   qprob-inspect ../shared/models/stories260K --text "Once upon a time"
 //   qprob-inspect --skip-missing ../shared/models/stories260K   # exit 77 (ctest: skipped) if the dir is absent
 #include <qprob/io/safetensors.hpp>
 #include <qprob/model/config.hpp>
 #include <qprob/model/weights.hpp>
+#if defined(QPROB_INSPECT_TOKENIZER)
+#  include <qprob/tokenizer/tokenizer.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 
@@ -30,7 +38,36 @@ struct options {
   std::filesystem::path model_dir;
   bool skip_missing = false;
   bool no_inventory = false;
+  std::optional<std::string> text;
 };
+
+/// Tokenizes opt.text with the directory's tokenizer and prints ids, tokens and the round trip.
+void print_tokenization(const options& opt) {
+#if defined(QPROB_INSPECT_TOKENIZER)
+  const auto tok = qprob::tokenizer::from_directory(opt.model_dir);
+  std::printf("\ntokenizer    vocab %zu, bos %s, eos %s\n", tok.vocab_size(),
+              tok.bos_id() ? std::to_string(*tok.bos_id()).c_str() : "none",
+              tok.eos_id() ? std::to_string(*tok.eos_id()).c_str() : "none");
+  for (const bool special : {true, false}) {
+    const auto ids = tok.encode(*opt.text, special);
+    std::printf("%s (%zu tokens):", special ? "ids with special tokens" : "ids without special tokens", ids.size());
+    for (auto id : ids) {
+      std::printf(" %d", id);
+    }
+    std::printf("\n");
+    if (special) {
+      std::printf("tokens:");
+      for (auto id : ids) {
+        std::printf(" [%s]", tok.id_to_token(id).c_str());
+      }
+      std::printf("\ndecoded: \"%s\"\n", tok.decode(ids, true).c_str());
+    }
+  }
+#else
+  (void)opt;
+  throw qprob::error("--text: this qprob-inspect was built without qprob::tokenizer (PCRE2, ICU, SentencePiece)");
+#endif
+}
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string s = "[";
@@ -96,6 +133,9 @@ int run(const options& opt) {
     }
   }
   std::printf("\nparsed config\n%s", qprob::model::describe(config).c_str());
+  if (opt.text) {
+    print_tokenization(opt);
+  }
   if (!map_error.empty()) {
     std::fprintf(stderr, "error: %s\n", map_error.c_str());
     return 1;
@@ -112,6 +152,7 @@ int main(int argc, char** argv) {
   app.add_option("MODEL_DIR", opt.model_dir, "directory with config.json and model.safetensors (or its index)")->required();
   app.add_flag("--skip-missing", opt.skip_missing, "exit 77 (skipped) instead of failing when MODEL_DIR is absent");
   app.add_flag("--no-inventory", opt.no_inventory, "omit the per-tensor table");
+  app.add_option("--text", opt.text, "also tokenize this string with the directory's tokenizer");
   CLI11_PARSE(app, argc, argv);
 
   std::error_code ec;

@@ -194,7 +194,9 @@ struct sample_pass_params {
   long long* ipart;   ///< i_fields x gridDim.x
 };
 
-__global__ void __launch_bounds__(pass_threads) sample_pass_kernel(sample_pass_params p) {
+// (pass_threads, 2): at most 128 registers, two blocks per SM; the bin sums otherwise push it to ~147 and one
+// block per SM, too few loads in flight for this memory-bound loop.
+__global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pass_params p) {
   const device_choice_scores& s = p.s;
   double conf = 0, conf_ok = 0, conf_bad = 0, p_true = 0, ent = 0, brier = 0, nll = 0;
   long long n_ok = 0, n_sum = 0, n_norm = 0, first_bad = s.n, max_k = 0;
