@@ -69,17 +69,6 @@ void print_tokenization(const options& opt) {
 #endif
 }
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i > 0) {
-      s += ", ";
-    }
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 int run(const options& opt) {
   const auto config = qprob::model::load_config(opt.model_dir);
   const auto ckpt   = qprob::io::checkpoint::open(opt.model_dir);
@@ -129,7 +118,7 @@ int run(const options& opt) {
         }
       }
       std::printf("%-56s %-5s %-18s %s\n", name.c_str(), std::string(qprob::dtype_name(e.info->dtype)).c_str(),
-                  shape_text(e.info->shape).c_str(), role.c_str());
+                  qprob::io::shape_string(e.info->shape).c_str(), role.c_str());
     }
   }
   std::printf("\nparsed config\n%s", qprob::model::describe(config).c_str());

@@ -130,7 +130,6 @@ int run(const std::string& task, const options& opt) {
     return exit_usage;
   }
 
-  const auto t0   = std::chrono::steady_clock::now();
   const auto data = qprob::tasks::load_task(task, opt.data_dir);  // the whole split: n-samples "original"
   const auto tok  = qprob::tokenizer::from_directory(opt.model_dir);
   auto engine     = qprob::eval::reference_scorer::from_directory(opt.model_dir);
@@ -143,6 +142,7 @@ int run(const std::string& task, const options& opt) {
   eo.batch_size = opt.batch_size;
   eo.limit      = opt.limit;
   qprob::eval::progress_bar bar(task, !opt.no_progress);
+  const auto t0 = std::chrono::steady_clock::now();
   eo.progress = [&](std::size_t done, std::size_t total) { bar.update(done, total); };
   const auto result = qprob::eval::evaluate(data, tok, engine, eo);
   bar.finish();
@@ -165,7 +165,7 @@ int run(const std::string& task, const options& opt) {
   qprob::eval::write_results_json(results_path, {summary}, rc, mo);
 
   const auto& m = summary.sum;
-  std::printf("\n%s  n=%zu of %zu  (%zu requests, %.1f s, %.1f req/s)\n", task.c_str(), summary.n, summary.n_original,
+  std::printf("\n%s  n=%zu of %zu  (%zu requests scored in %.1f s, %.1f req/s)\n", task.c_str(), summary.n, summary.n_original,
               result.requests, seconds, seconds > 0 ? static_cast<double>(result.requests) / seconds : 0.0);
   for (const auto metric : summary.metrics) {
     const char* name = metric == qprob::tasks::metric::mc2 ? "acc (mc2)" : qprob::tasks::metric_name(metric).data();

@@ -8,6 +8,7 @@
 #include <qprob/core/dtype.hpp>
 #include <qprob/core/error.hpp>
 #include <qprob/core/numeric.hpp>
+#include <qprob/io/atomic_file.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -75,9 +76,7 @@ struct safetensors_header {
   std::int64_t data_size   = 0;                 // bytes after the header
 };
 
-namespace detail {
-
-/// "[a, b, c]" for messages.
+/// "[a, b, c]", for messages and listings.
 inline std::string shape_string(std::span<const std::int64_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -88,6 +87,9 @@ inline std::string shape_string(std::span<const std::int64_t> shape) {
   }
   return s + "]";
 }
+
+namespace detail {
+
 
 /// A printable, escaped excerpt of raw bytes (for names that may not be UTF-8).
 inline std::string printable(std::string_view bytes, std::size_t max_len = 60) {
@@ -748,56 +750,6 @@ struct write_options {
 
 namespace detail {
 
-/// Removes a file on destruction unless released: the "never leave partial output" guarantee.
-class temp_file_guard {
-public:
-  explicit temp_file_guard(std::filesystem::path p) : path_(std::move(p)) {}
-  temp_file_guard(const temp_file_guard&)            = delete;
-  temp_file_guard& operator=(const temp_file_guard&) = delete;
-  ~temp_file_guard() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-    if (!released_) {
-      std::error_code ec;
-      std::filesystem::remove(path_, ec);
-    }
-  }
-  void release() noexcept { released_ = true; }
-  int fd_ = -1;
-
-private:
-  std::filesystem::path path_;
-  bool released_ = false;
-};
-
-inline void write_all(int fd, const void* data, std::size_t n, const std::string& file) {
-  const auto* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const auto w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      throw format_error(file, "", std::string("write failed: ") + std::strerror(errno));
-    }
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
-
-inline std::filesystem::path temp_path_for(const std::filesystem::path& path) {
-  return path.string() + ".tmp." + std::to_string(::getpid());
-}
-
-inline void fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    (void)::fsync(fd);  // best effort: some file systems refuse fsync on directories
-    ::close(fd);
-  }
-}
-
 /// Builds the serialized header (with padding) and the data order for a set of tensors.
 inline std::pair<std::string, std::vector<const tensor_to_write*>> build_header(
     const std::vector<tensor_to_write>& tensors,
@@ -867,45 +819,30 @@ inline std::pair<std::string, std::vector<const tensor_to_write*>> build_header(
 inline void write_safetensors(const std::filesystem::path& path,
                               const std::vector<tensor_to_write>& tensors,
                               const write_options& options = {}) {
-  const std::string file    = path.string();
-  auto [header, order]      = detail::build_header(tensors, options.metadata, file);
-  const auto tmp            = detail::temp_path_for(path);
-  const auto stage          = [&](std::string_view s) {
+  const std::string file = path.string();
+  auto [header, order]   = detail::build_header(tensors, options.metadata, file);
+  const auto stage       = [&](std::string_view s) {
     if (options.on_stage) {
       options.on_stage(s);
     }
   };
-  detail::temp_file_guard guard(tmp);
-  guard.fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (guard.fd_ < 0) {
-    throw format_error(file, "", "cannot create temporary file " + tmp.string() + ": " + std::strerror(errno));
-  }
+  atomic_output_file out(path);
   stage("opened");
   std::uint8_t len[8];
   const auto n = static_cast<std::uint64_t>(header.size());
   for (int i = 0; i < 8; ++i) {
     len[i] = static_cast<std::uint8_t>(n >> (8 * i));
   }
-  detail::write_all(guard.fd_, len, 8, file);
-  detail::write_all(guard.fd_, header.data(), header.size(), file);
+  out.write(len, 8);
+  out.write(header);
   stage("header");
   for (const auto* t : order) {
-    detail::write_all(guard.fd_, t->data.data(), t->data.size(), file);
+    out.write(t->data.data(), t->data.size());
   }
   stage("data");
-  if (::fsync(guard.fd_) != 0) {
-    throw format_error(file, "", std::string("fsync failed: ") + std::strerror(errno));
-  }
-  const int fd = std::exchange(guard.fd_, -1);
-  if (::close(fd) != 0) {
-    throw format_error(file, "", std::string("close failed: ") + std::strerror(errno));
-  }
+  out.sync();
   stage("synced");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    throw format_error(file, "", "cannot rename " + tmp.string() + ": " + std::strerror(errno));
-  }
-  guard.release();
-  detail::fsync_directory(path.parent_path());
+  out.commit();
 }
 
 /// Writes tensors as shards `<stem>-0000i-of-0000N.safetensors` of at most `max_shard_bytes` data each (a
@@ -977,23 +914,13 @@ inline void write_sharded_safetensors(const std::filesystem::path& dir,
     }
     written.clear();
     const auto index_path = dir / (stem + ".safetensors.index.json");
-    const auto tmp        = detail::temp_path_for(index_path);
-    detail::temp_file_guard guard(tmp);
-    guard.fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (guard.fd_ < 0) {
-      throw format_error(index_path.string(), "", std::string("cannot create temporary file: ") + std::strerror(errno));
-    }
-    const auto text = index.dump(2) + "\n";
-    detail::write_all(guard.fd_, text.data(), text.size(), index_path.string());
-    if (options.on_stage) {
-      options.on_stage("index");
-    }
-    if (::fsync(guard.fd_) != 0 || ::close(std::exchange(guard.fd_, -1)) != 0 ||
-        ::rename(tmp.c_str(), index_path.c_str()) != 0) {
-      throw format_error(index_path.string(), "", std::string("cannot write index: ") + std::strerror(errno));
-    }
-    guard.release();
-    detail::fsync_directory(dir);
+    atomic_write_options index_options;
+    index_options.on_stage = [&](std::string_view st) {
+      if (st == "data" && options.on_stage) {
+        options.on_stage("index");
+      }
+    };
+    write_file_atomic(index_path, index.dump(2) + "\n", index_options);
   } catch (...) {
     cleanup();
     throw;

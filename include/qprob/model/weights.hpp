@@ -282,8 +282,8 @@ inline weight_map map_weights(const model_config& c, const io::checkpoint& ckpt)
     } else {
       used[s.hf_name] = true;
       if (info->shape != s.shape) {
-        mismatched.push_back(s.hf_name + " is " + io::detail::shape_string(info->shape) + ", config implies " +
-                             io::detail::shape_string(s.shape));
+        mismatched.push_back(s.hf_name + " is " + io::shape_string(info->shape) + ", config implies " +
+                             io::shape_string(s.shape));
       } else if (!io::detail::is_float_dtype(info->dtype)) {
         mismatched.push_back(s.hf_name + " has dtype " + std::string(dtype_name(info->dtype)) +
                              ", expected a floating type");

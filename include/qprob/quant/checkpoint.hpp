@@ -579,7 +579,7 @@ inline void save_gptq_checkpoint(const std::filesystem::path& dir, const std::fi
       used.insert(name);
       const auto& w = it->second->weight;
       QPROB_CHECK(w.n == t.slot.shape[0] && w.k == t.slot.shape[1], "save_gptq_checkpoint: layer ", name, " is (n=", w.n,
-                  ", k=", w.k, "), the source weight is ", io::detail::shape_string(t.slot.shape));
+                  ", k=", w.k, "), the source weight is ", io::shape_string(t.slot.shape));
       check_quantized_weight(w, p, "save_gptq_checkpoint: " + name);
       if (options.require_multiple_of_32) {
         QPROB_CHECK(w.n % 32 == 0 && w.k % 32 == 0, "save_gptq_checkpoint: layer ", name, " is (n=", w.n, ", k=", w.k,
@@ -1012,8 +1012,8 @@ inline gptq_checkpoint load_gptq_checkpoint(const std::filesystem::path& dir) {
       throw format_error(file, t.name, "dtype " + std::string(dtype_name(t.dtype)) + ", expected " + names);
     }
     if (t.shape != shape) {
-      throw format_error(file, t.name, "shape " + io::detail::shape_string(t.shape) + ", expected " +
-                                           io::detail::shape_string(shape) + " (" + why + ")");
+      throw format_error(file, t.name, "shape " + io::shape_string(t.shape) + ", expected " +
+                                           io::shape_string(shape) + " (" + why + ")");
     }
   };
 
@@ -1107,8 +1107,8 @@ inline gptq_checkpoint load_gptq_checkpoint(const std::filesystem::path& dir) {
       throw format_error(file, info->name, "dtype " + std::string(dtype_name(info->dtype)) + ", expected a floating type");
     }
     if (info->shape != s.shape) {
-      throw format_error(file, info->name, "shape " + io::detail::shape_string(info->shape) + ", config implies " +
-                                               io::detail::shape_string(s.shape));
+      throw format_error(file, info->name, "shape " + io::shape_string(info->shape) + ", config implies " +
+                                               io::shape_string(s.shape));
     }
     if (s.part == model::tensor_part::bias && detail::is_quantized_role(s.role)) {
       const auto module = s.hf_name.substr(0, s.hf_name.size() - std::string_view(".bias").size());

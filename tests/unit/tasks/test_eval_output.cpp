@@ -200,7 +200,7 @@ TEST_CASE("results JSON: lm-eval's layout, NaN as null, deterministic") {
   CHECK(read_all(p) == first);
 }
 
-TEST_CASE("write_samples_jsonl: one line per document in order; a failed write leaves the old file") {
+TEST_CASE("write_samples_jsonl: one line per document in order, a failed write leaves the old file") {
   qt::task_data t;
   t.task    = "arc_easy";
   auto d2   = golden_doc();
@@ -267,7 +267,7 @@ TEST_CASE("write_file_atomic: a failure at any stage leaves nothing behind and t
   CHECK(listing(dir.path()) == std::vector<std::string>{"out.json"});
 }
 
-TEST_CASE("progress_bar: rate and ETA text; silent when stderr is not a terminal") {
+TEST_CASE("progress_bar: rate and ETA text, silent when stderr is not a terminal") {
   qe::progress_bar bar("arc_easy", true);
   CHECK(bar.line(50, 200, 10.0) == "arc_easy [#######.......................] 50/200 requests 5.0 req/s ETA 00:30");
   CHECK(bar.line(0, 10, 0.0) == "arc_easy [..............................] 0/10 requests 0.0 req/s ETA --:--");
