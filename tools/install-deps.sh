@@ -13,6 +13,8 @@ packages=(
   libbenchmark-dev       # bench/ (GPU machine)
   libpcre2-dev libicu-dev libsentencepiece-dev   # qprob::tokenizer (Unicode regex, normalization, SentencePiece)
   zlib1g-dev             # gzip calibration corpora (.jsonl.gz)
+  libcairo2-dev fonts-dejavu-core   # report figures (PNG; SVG is written directly)
+  chromium               # the report test screenshots report.html headlessly
 )
 
 sudo_cmd=()

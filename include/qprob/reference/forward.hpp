@@ -27,6 +27,11 @@
 // share kv head h / (num_heads / num_kv_heads); softmax; o projection.
 // MLP: gated (SwiGLU etc.): down(act(gate(h)) * up(h)); plain: down(act(up(h))).
 //
+// Hooks (for GPTQ calibration on the host, qprob compare --device cpu): logits(tokens, observer) calls the
+// observer with the input rows of every linear layer of the transformer blocks (q, k, v, o, gate, up, down; not
+// project_in/out or lm_head) just before it is applied, in execution order; set_linear_weight() replaces one of
+// those weights (e.g. by its dequantized version). Without an observer logits() behaves exactly as before.
+//
 // Limits: meant for models of up to a few million parameters (CI runs stories260K and the babyllama models).
 // Every weight is held as double (8 bytes per parameter) and the forward costs about 2 * parameters * T
 // multiply-adds plus T^2 * hidden for attention, single-threaded; reference_options::max_parameters guards
@@ -41,6 +46,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <numbers>
 #include <optional>
@@ -225,8 +231,14 @@ struct layer_weights {
   linear_weights q, k, v, o, gate, up, down;
 };
 
-/// A model held entirely in double on the host. Immutable after construction; logits() is const and
-/// thread-safe.
+/// Called by reference_model::logits(tokens, observer) with the input of each block linear layer: the layer
+/// index, the slot (tensor_role q, k, v, o, gate, up or down; BLOOM's fused qkv is reported as q, k and v),
+/// and the `rows` x in_features input, row-major (one row per position). The span is valid during the call only.
+using linear_observer = std::function<void(std::int64_t layer, model::tensor_role slot, std::span<const double> input,
+                                           std::int64_t rows)>;
+
+/// A model held entirely in double on the host. Immutable after construction except through
+/// set_linear_weight(); logits() is const and thread-safe.
 class reference_model {
 public:
   /// Loads config.json and the safetensors checkpoint of `dir` (weights converted to double).
@@ -334,10 +346,31 @@ public:
   [[nodiscard]] std::int64_t parameters() const noexcept { return parameters_; }
   [[nodiscard]] const std::vector<layer_weights>& layers() const noexcept { return layers_; }
 
+  /// The block linear layer `slot` (q, k, v, o, gate, up, down) of `layer`.
+  /// @throws invalid_argument for another role, a layer out of range, or a slot the model does not have.
+  [[nodiscard]] const linear_weights& linear_at(std::int64_t layer, model::tensor_role slot) const {
+    return const_cast<reference_model*>(this)->linear_slot(layer, slot);
+  }
+
+  /// Replaces the weight of block linear `slot` of `layer` by `w` ([out, in] row-major, same shape; the bias is
+  /// kept). Used to evaluate a quantized model as its dequantized weights. Not safe while another thread runs
+  /// logits().
+  /// @throws invalid_argument as linear_at, or when w.size() != out * in.
+  void set_linear_weight(std::int64_t layer, model::tensor_role slot, std::vector<double> w) {
+    auto& l = linear_slot(layer, slot);
+    QPROB_CHECK(static_cast<std::int64_t>(w.size()) == l.out * l.in, "set_linear_weight: layer ", layer, " ",
+                model::to_string(slot), " is [", l.out, ", ", l.in, "] but ", w.size(), " values were given");
+    l.w = std::move(w);
+  }
+
   /// Logits of one sequence at positions 0..T-1 (causal): a (T, vocab) row-major matrix.
   /// @throws invalid_argument for an empty sequence, a token outside the vocabulary, or (learned positions
   ///         only) T above max_position_embeddings.
-  [[nodiscard]] std::vector<double> logits(std::span<const token_id> tokens) const {
+  [[nodiscard]] std::vector<double> logits(std::span<const token_id> tokens) const { return logits(tokens, {}); }
+
+  /// The same, calling `observe` (when set) with the input of every block linear layer (see linear_observer).
+  [[nodiscard]] std::vector<double> logits(std::span<const token_id> tokens, const linear_observer& observe) const {
+    const linear_observer* obs = observe ? &observe : nullptr;
     const auto& c = cfg_;
     const auto T  = static_cast<std::int64_t>(tokens.size());
     QPROB_CHECK(T > 0, "reference_model::logits: empty sequence");
@@ -378,26 +411,26 @@ public:
         auto h = x;
         norm_rows(h, T, H, L.attn_norm);
         if (c.parallel_attn_mlp) {
-          const auto a = attention(h, T, l);
-          const auto f = mlp(h, T, L);
+          const auto a = attention(h, T, l, obs);
+          const auto f = mlp(h, T, L, l, obs);
           for (std::size_t i = 0; i < x.size(); ++i) {
             x[i] = (a[i] + f[i]) + x[i];
           }
           continue;
         }
-        auto a = attention(h, T, l);
+        auto a = attention(h, T, l, obs);
         add_in_place(a, c.residual_post_norm ? h : x);
         x = std::move(a);
         h = x;
         norm_rows(h, T, H, L.mlp_norm);
-        auto f = mlp(h, T, L);
+        auto f = mlp(h, T, L, l, obs);
         add_in_place(f, c.residual_post_norm ? h : x);
         x = std::move(f);
       } else {  // OPT post-norm (do_layer_norm_before = false)
-        auto a = attention(x, T, l);
+        auto a = attention(x, T, l, obs);
         add_in_place(x, a);
         norm_rows(x, T, H, L.attn_norm);
-        auto f = mlp(x, T, L);
+        auto f = mlp(x, T, L, l, obs);
         add_in_place(x, f);
         norm_rows(x, T, H, L.mlp_norm);
       }
@@ -439,6 +472,36 @@ private:
     return y;
   }
 
+  /// linear() of block layer `layer`'s `slot`, reporting the input to the observer first.
+  static std::vector<double> block_linear(const std::vector<double>& x, std::int64_t T, const linear_weights& w,
+                                          std::int64_t layer, model::tensor_role slot, const linear_observer* obs) {
+    if (obs != nullptr) {
+      (*obs)(layer, slot, std::span<const double>(x.data(), idx(T * w.in)), T);
+    }
+    return linear(x, T, w);
+  }
+
+  linear_weights& linear_slot(std::int64_t layer, model::tensor_role slot) {
+    QPROB_CHECK(layer >= 0 && layer < static_cast<std::int64_t>(layers_.size()), "reference_model: layer ", layer,
+                " is outside [0, ", layers_.size(), ")");
+    auto& L = layers_[idx(layer)];
+    using R = model::tensor_role;
+    linear_weights* l = nullptr;
+    switch (slot) {
+      case R::q: l = &L.q; break;
+      case R::k: l = &L.k; break;
+      case R::v: l = &L.v; break;
+      case R::o: l = &L.o; break;
+      case R::gate: l = &L.gate; break;
+      case R::up: l = &L.up; break;
+      case R::down: l = &L.down; break;
+      default: break;
+    }
+    QPROB_CHECK(l != nullptr, "reference_model: ", model::to_string(slot), " is not a block linear slot");
+    QPROB_CHECK(l->present(), "reference_model: layer ", layer, " has no ", model::to_string(slot), " weight");
+    return *l;
+  }
+
   /// Normalizes each of the T rows of width n in place with the configured norm.
   void norm_rows(std::vector<double>& x, std::int64_t rows, std::int64_t n, const norm_weights& w) const {
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -451,10 +514,15 @@ private:
     }
   }
 
-  std::vector<double> mlp(const std::vector<double>& h, std::int64_t T, const layer_weights& L) const {
-    auto u = linear(h, T, L.up);
+  std::vector<double> mlp(const std::vector<double>& h, std::int64_t T, const layer_weights& L, std::int64_t l,
+                          const linear_observer* obs) const {
+    using R = model::tensor_role;
+    std::vector<double> g;
+    if (cfg_.gated_mlp) {  // gate before up: AutoGPTQ's true-sequential order lists [gate, up]
+      g = block_linear(h, T, L.gate, l, R::gate, obs);
+    }
+    auto u = block_linear(h, T, L.up, l, R::up, obs);
     if (cfg_.gated_mlp) {
-      const auto g = linear(h, T, L.gate);
       for (std::size_t i = 0; i < u.size(); ++i) {
         u[i] = activate(cfg_.act, cfg_.activation_name, g[i]) * u[i];
       }
@@ -463,18 +531,20 @@ private:
         v = activate(cfg_.act, cfg_.activation_name, v);
       }
     }
-    return linear(u, T, L.down);
+    return block_linear(u, T, L.down, l, R::down, obs);
   }
 
   /// Causal self-attention of layer l over a (T, hidden) input; returns the o projection, (T, hidden).
-  std::vector<double> attention(const std::vector<double>& h, std::int64_t T, std::int64_t l) const {
+  std::vector<double> attention(const std::vector<double>& h, std::int64_t T, std::int64_t l,
+                                const linear_observer* obs) const {
+    using R        = model::tensor_role;
     const auto& c  = cfg_;
     const auto& L  = layers_[idx(l)];
     const auto D   = c.head_dim, NH = c.num_heads, NKV = c.num_kv_heads;
     const auto QD  = NH * D, KVD = NKV * D;
-    auto q         = linear(h, T, L.q);
-    auto k         = linear(h, T, L.k);
-    const auto v   = linear(h, T, L.v);
+    auto q         = block_linear(h, T, L.q, l, R::q, obs);
+    auto k         = block_linear(h, T, L.k, l, R::k, obs);
+    const auto v   = block_linear(h, T, L.v, l, R::v, obs);
     const auto grp = NH / NKV;
     if (L.q_norm.present()) {  // Phi qk_layernorm: a LayerNorm over each head vector, before rotary
       for (std::int64_t t = 0; t < T; ++t) {
@@ -536,7 +606,7 @@ private:
         }
       }
     }
-    return linear(out, T, L.o);
+    return block_linear(out, T, L.o, l, R::o, obs);
   }
 
   model::model_config cfg_;

@@ -492,3 +492,60 @@ TEST_CASE("sliding window: a layer sees at most `window` keys") {
   const auto fa = full.logits(ids), fb = full.logits(changed);
   CHECK_FALSE(row_equal(fa, fb, 11));
 }
+
+TEST_CASE("linear observer sees every block linear's input in order, and set_linear_weight changes the output") {
+  using R = qprob::model::tensor_role;
+  qprob::test::temp_dir tmp("ref_forward_hook");
+  INFO("seed " << qprob::test::run_seed());
+  auto rng = qprob::test::make_rng(23);
+  for (const char* family : families) {
+    INFO(family);
+    const auto cfg = qprob::test::tiny_config(family);
+    qprob::test::write_model(tmp / family, cfg, qprob::test::tiny_weights(cfg, rng()));
+    auto m         = reference_model::from_directory(tmp / family);
+    const auto ids = random_ids(rng, 7, m.vocab_size());
+    const auto T   = static_cast<std::int64_t>(ids.size());
+    const auto plain = m.logits(ids);
+    struct seen {
+      std::int64_t layer;
+      R slot;
+      std::vector<double> input;
+    };
+    std::vector<seen> calls;
+    const auto observed = m.logits(ids, [&](std::int64_t layer, R slot, std::span<const double> in, std::int64_t rows) {
+      CHECK(rows == T);
+      calls.push_back({layer, slot, std::vector<double>(in.begin(), in.end())});
+    });
+    CHECK(observed == plain);  // observing changes nothing, bit for bit
+    const bool gated = m.config().gated_mlp;
+    std::vector<R> order{R::q, R::k, R::v, R::o};
+    if (gated) {
+      order.push_back(R::gate);
+    }
+    order.push_back(R::up);
+    order.push_back(R::down);
+    REQUIRE(calls.size() == order.size() * m.layers().size());
+    for (std::size_t i = 0; i < calls.size(); ++i) {
+      const auto& c = calls[i];
+      CHECK(c.layer == static_cast<std::int64_t>(i / order.size()));
+      CHECK(c.slot == order[i % order.size()]);
+      CHECK(static_cast<std::int64_t>(c.input.size()) == T * m.linear_at(c.layer, c.slot).in);
+    }
+    // q, k and v read the same input; the input of up equals that of gate.
+    CHECK(calls[0].input == calls[1].input);
+    CHECK(calls[0].input == calls[2].input);
+    // The reported input is what the layer multiplies: recompute the o projection's output row 0 from it and the
+    // weight, then zeroing that weight must change the logits (the override is used).
+    const auto& o_w = m.linear_at(0, R::o);
+    CHECK(static_cast<std::int64_t>(calls[3].input.size()) == T * o_w.in);
+    auto w = o_w.w;
+    std::fill(w.begin(), w.end(), 0.0);
+    const auto before = m.logits(ids);
+    m.set_linear_weight(0, R::o, w);
+    CHECK(m.linear_at(0, R::o).w == w);
+    CHECK(m.logits(ids) != before);
+    CHECK_THROWS_AS(m.set_linear_weight(0, R::o, std::vector<double>(3)), qprob::invalid_argument);
+    CHECK_THROWS_AS(m.set_linear_weight(99, R::o, w), qprob::invalid_argument);
+    CHECK_THROWS_AS((void)m.linear_at(0, R::embed_tokens), qprob::invalid_argument);
+  }
+}
