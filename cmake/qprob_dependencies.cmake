@@ -90,3 +90,15 @@ macro(qprob_find_tokenizer_deps)
     set(QPROB_HAS_TOKENIZER ON)
   endif()
 endmacro()
+
+# Cairo (libcairo2-dev, through pkg-config) renders the report's PNG figures; optional: without it the report
+# target and its tests are skipped with a message. Defines PkgConfig::QPROB_CAIRO when found.
+function(qprob_find_cairo)
+  if(TARGET PkgConfig::QPROB_CAIRO)
+    return()
+  endif()
+  find_package(PkgConfig QUIET)
+  if(PkgConfig_FOUND)
+    pkg_check_modules(QPROB_CAIRO QUIET IMPORTED_TARGET GLOBAL cairo)
+  endif()
+endfunction()

@@ -2,12 +2,7 @@
 # Tests of the compare report (include/qprob/report), included from tests/unit/compare/CMakeLists.txt.
 # Needs Cairo (libcairo2-dev, found with pkg-config); the browser test also needs the Debian `chromium` package
 # at run time and is skipped (status 77) without it.
-if(NOT TARGET PkgConfig::QPROB_CAIRO)
-  find_package(PkgConfig QUIET)
-  if(PkgConfig_FOUND)
-    pkg_check_modules(QPROB_CAIRO QUIET IMPORTED_TARGET GLOBAL cairo)
-  endif()
-endif()
+qprob_find_cairo()
 if(NOT TARGET PkgConfig::QPROB_CAIRO)
   message(STATUS "qprob: compare report tests need Cairo (apt-get install libcairo2-dev); skipped")
   return()
