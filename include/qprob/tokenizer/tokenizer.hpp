@@ -94,6 +94,20 @@ inline void read_special_names(const nlohmann::json& j, const std::string& file,
   }
 }
 
+/// The JSON object in `path`, or nullopt when the file does not exist; `expected` is the message for a
+/// document that is not an object.
+inline std::optional<nlohmann::json> read_json_object(const std::filesystem::path& path, const char* expected) {
+  if (!std::filesystem::exists(path)) {
+    return std::nullopt;
+  }
+  const std::string file = path.string();
+  nlohmann::json j       = json_detail::parse(json_detail::read_file(path), file);
+  if (!j.is_object()) {
+    throw format_error(file, "", expected);
+  }
+  return j;
+}
+
 }  // namespace config_detail
 
 /// Reads special_tokens_map.json, then tokenizer_config.json (which wins), and added_tokens.json, where present.
@@ -101,23 +115,15 @@ inline directory_config read_directory_config(const std::filesystem::path& dir) 
   using namespace json_detail;
   directory_config c;
   const auto map_path = dir / "special_tokens_map.json";
-  if (std::filesystem::exists(map_path)) {
+  if (const auto j = config_detail::read_json_object(map_path, "expected a JSON object")) {
     c.any_file = true;
-    const std::string file = map_path.string();
-    const nlohmann::json j = parse(read_file(map_path), file);
-    if (!j.is_object()) {
-      throw format_error(file, "", "expected a JSON object");
-    }
-    config_detail::read_special_names(j, file, c);
+    config_detail::read_special_names(*j, map_path.string(), c);
   }
   const auto config_path = dir / "tokenizer_config.json";
-  if (std::filesystem::exists(config_path)) {
+  if (const auto config = config_detail::read_json_object(config_path, "expected a JSON object")) {
     c.any_file = true;
     const std::string file = config_path.string();
-    const nlohmann::json j = parse(read_file(config_path), file);
-    if (!j.is_object()) {
-      throw format_error(file, "", "expected a JSON object");
-    }
+    const nlohmann::json& j = *config;
     config_detail::read_special_names(j, file, c);
     if (const auto* v = optional_member(j, "add_bos_token")) {
       c.add_bos_token = as_bool(*v, file, "add_bos_token");
@@ -141,13 +147,10 @@ inline directory_config read_directory_config(const std::filesystem::path& dir) 
     }
   }
   const auto added_path = dir / "added_tokens.json";
-  if (std::filesystem::exists(added_path)) {
+  if (const auto added = config_detail::read_json_object(added_path, "expected a JSON object {token: id}")) {
     c.any_file = true;
     const std::string file = added_path.string();
-    const nlohmann::json j = parse(read_file(added_path), file);
-    if (!j.is_object()) {
-      throw format_error(file, "", "expected a JSON object {token: id}");
-    }
+    const nlohmann::json& j = *added;
     for (auto it = j.begin(); it != j.end(); ++it) {
       c.added_tokens_json.emplace_back(it.key(), static_cast<token_id>(as_int(it.value(), file, it.key(), 0, INT32_MAX - 1)));
     }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "desc_act_rtn.hpp"
 #include "io_test_util.hpp"
 #include "support.hpp"
 
@@ -138,43 +139,21 @@ std::optional<fs::path> stories() {
   return path;
 }
 
-/// RTN-quantizes one (n, k) float weight with policy P; with act_order, quantizes the columns in the order of a
-/// random permutation and records it in g_idx (GPTQ's desc_act layout: codes stay at their original column).
+/// RTN-quantizes one (n, k) float weight with policy P in GPTQ's desc_act layout (desc_act_rtn.hpp), checking
+/// that the permuted layout means the same weights: column perm[i] of the result is column i of the RTN result.
 template <class P>
 quantized_weight quantize_layer(const std::vector<float>& w, std::int64_t n, std::int64_t k, std::mt19937_64& rng) {
-  if constexpr (!P::act_order) {
-    return qprob::reference::rtn_quantize<P, float>(qprob::make_host_view(w.data(), n, k));
-  } else {
-    std::vector<std::int64_t> perm(static_cast<std::size_t>(k));
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::vector<float> permuted(w.size());
+  const auto out = qprob::test::rtn_desc_act_layout<P>(w, n, k, rng);
+  if constexpr (P::act_order) {
+    const auto a = qprob::reference::dequantize<P, double>(out.processed);
+    const auto b = qprob::reference::dequantize<P, double>(out.weight);
     for (std::int64_t r = 0; r < n; ++r) {
       for (std::int64_t i = 0; i < k; ++i) {
-        permuted[static_cast<std::size_t>(r * k + i)] = w[static_cast<std::size_t>(r * k + perm[static_cast<std::size_t>(i)])];
+        REQUIRE(a[static_cast<std::size_t>(r * k + i)] == b[static_cast<std::size_t>(r * k + out.perm[static_cast<std::size_t>(i)])]);
       }
     }
-    auto qp = qprob::reference::rtn_quantize<P, float>(qprob::make_host_view(permuted.data(), n, k));
-    quantized_weight q = qp;
-    std::fill(q.qweight.begin(), q.qweight.end(), 0u);
-    q.g_idx.assign(static_cast<std::size_t>(k), 0);
-    for (std::int64_t i = 0; i < k; ++i) {
-      const auto c = perm[static_cast<std::size_t>(i)];
-      q.g_idx[static_cast<std::size_t>(c)] = static_cast<std::int32_t>(qprob::quant::default_group_of(i, P::group_size));
-      for (std::int64_t r = 0; r < n; ++r) {
-        qprob::quant::put_field(q.qweight.data() + r, n, c, P::bits, qprob::reference::code_at<P>(qp, r, i));
-      }
-    }
-    // The permuted layout means the same weights: column perm[i] of q is column i of qp.
-    const auto a = qprob::reference::dequantize<P, double>(qp);
-    const auto b = qprob::reference::dequantize<P, double>(q);
-    for (std::int64_t r = 0; r < n; ++r) {
-      for (std::int64_t i = 0; i < k; ++i) {
-        REQUIRE(a[static_cast<std::size_t>(r * k + i)] == b[static_cast<std::size_t>(r * k + perm[static_cast<std::size_t>(i)])]);
-      }
-    }
-    return q;
   }
+  return out.weight;
 }
 
 /// Every linear layer of the model, quantized with P.

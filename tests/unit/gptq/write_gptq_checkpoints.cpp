@@ -10,6 +10,8 @@
 #include <qprob/quant/checkpoint.hpp>
 #include <qprob/reference/rtn.hpp>
 
+#include "desc_act_rtn.hpp"
+
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -23,34 +25,10 @@ namespace {
 namespace fs = std::filesystem;
 using qprob::quant::gptq_format;
 
-/// RTN with the columns taken in the order of a seeded permutation, recorded in g_idx (the desc_act layout).
+/// RTN in GPTQ's desc_act layout (desc_act_rtn.hpp).
 template <class P>
 qprob::reference::quantized_weight quantize(const std::vector<float>& w, std::int64_t n, std::int64_t k, std::mt19937_64& rng) {
-  if constexpr (!P::act_order) {
-    return qprob::reference::rtn_quantize<P, float>(qprob::make_host_view(w.data(), n, k));
-  } else {
-    std::vector<std::int64_t> perm(static_cast<std::size_t>(k));
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::vector<float> permuted(w.size());
-    for (std::int64_t r = 0; r < n; ++r) {
-      for (std::int64_t i = 0; i < k; ++i) {
-        permuted[static_cast<std::size_t>(r * k + i)] = w[static_cast<std::size_t>(r * k + perm[static_cast<std::size_t>(i)])];
-      }
-    }
-    const auto qp = qprob::reference::rtn_quantize<P, float>(qprob::make_host_view(permuted.data(), n, k));
-    auto q        = qp;
-    std::fill(q.qweight.begin(), q.qweight.end(), 0u);
-    q.g_idx.assign(static_cast<std::size_t>(k), 0);
-    for (std::int64_t i = 0; i < k; ++i) {
-      const auto c = perm[static_cast<std::size_t>(i)];
-      q.g_idx[static_cast<std::size_t>(c)] = static_cast<std::int32_t>(qprob::quant::default_group_of(i, P::group_size));
-      for (std::int64_t r = 0; r < n; ++r) {
-        qprob::quant::put_field(q.qweight.data() + r, n, c, P::bits, qprob::reference::code_at<P>(qp, r, i));
-      }
-    }
-    return q;
-  }
+  return qprob::test::rtn_desc_act_layout<P>(w, n, k, rng).weight;
 }
 
 template <class P>
