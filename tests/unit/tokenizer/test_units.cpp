@@ -343,10 +343,22 @@ TEST_CASE("byte-level tokenizers round-trip random UTF-8") {
       return;
     }
     const bool nfc = std::string(folder) == "gpt-neox-20b";
+    // SentencePiece-style tokenizers (Metaspace / Replace decoders) turn every U+2581 into a space on decode,
+    // including one the text contained literally; Hugging Face tokenizers does the same.
+    const bool metaspace = std::string(folder).starts_with("llama2") || std::string(folder).starts_with("stories");
     std::size_t failures = 0;
     for (int i = 0; i < 300; ++i) {
       const std::string s = random_utf8(rng, 40);
-      const std::string expected = nfc ? qprob::tok::normalize(s, qprob::tok::normalization_form::nfc) : s;
+      std::string expected = nfc ? qprob::tok::normalize(s, qprob::tok::normalization_form::nfc) : s;
+      if (metaspace) {
+        std::string spaced;
+        for (std::size_t at = 0; at < expected.size();) {
+          const bool marker = expected.compare(at, 3, "\u2581") == 0;
+          spaced += marker ? ' ' : expected[at];
+          at += marker ? 3 : 1;
+        }
+        expected = std::move(spaced);
+      }
       for (const bool special : {false, true}) {
         const std::string back = t->decode(t->encode(s, special), true);
         if (back != expected && ++failures <= 3) {
