@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+// Log-likelihood scoring throughput of the GPU engine on real requests at a real model shape: the engine is
+// built with random fp16 weights from a config.json (default bench/configs/llama-2-7b.json) and scores the
+// requests of a --write-requests file (default .shared/requests/llama2-hellaswag-400.json: 400 HellaSwag
+// documents, 1600 requests, Llama-2 tokenizer). bench/hellaswag_transformers.py scores the same file with
+// transformers the way lm-eval does; tools/gpu-check.sh runs both and prints the ratio.
+//
+//   export QPROB_BENCH_CONFIG=bench/configs/llama-2-7b.json
+//   export QPROB_BENCH_REQUESTS=.shared/requests/llama2-hellaswag-400.json
+//   build/gpu/bench/bench_scoring --benchmark_format=json
+//
+// Counters: tokens_per_s = request tokens (sum of lm-eval input lengths, what the transformers loop computes)
+// per second of wall time (score() returns with results on the host); rows_per_s = rows the engine actually
+// computed (prefix sharing: fewer); mfu = 2 * parameters * rows / time / 989.4e12 (H100 SXM dense fp16 peak);
+// peak_GiB = high-water mark of the engine's stream-ordered allocations (weights included); weights_GiB.
+#include <qprob/core/error.hpp>
+#include <qprob/engine/engine.hpp>
+#include <qprob/model/config.hpp>
+
+#include <benchmark/benchmark.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+using qprob::engine::token_id;
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+struct request_file {
+  std::vector<std::vector<token_id>> ctx, cont;
+  std::vector<qprob::engine::token_request> views() const {
+    std::vector<qprob::engine::token_request> v;
+    for (std::size_t i = 0; i < ctx.size(); ++i) {
+      v.push_back({ctx[i], cont[i]});
+    }
+    return v;
+  }
+};
+
+std::optional<request_file> load_requests(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return std::nullopt;
+  }
+  const auto j = nlohmann::json::parse(in);
+  request_file f;
+  for (const auto& r : j.at("requests")) {
+    f.ctx.push_back(r.at("context").get<std::vector<token_id>>());
+    f.cont.push_back(r.at("continuation").get<std::vector<token_id>>());
+  }
+  return f;
+}
+
+std::int64_t parameters(const qprob::model::model_config& c) {
+  const auto H = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  const auto per_layer = H * (c.num_heads * D) + 2 * H * (c.num_kv_heads * D) + (c.num_heads * D) * H +
+                         (c.gated_mlp ? 3 : 2) * H * I;
+  return c.num_layers * per_layer + (c.tie_word_embeddings ? 1 : 2) * c.vocab_size * c.word_embed_proj_dim;
+}
+
+void BM_score(benchmark::State& state) {
+  const auto config_path   = env_or("QPROB_BENCH_CONFIG", "bench/configs/llama-2-7b.json");
+  const auto requests_path = env_or("QPROB_BENCH_REQUESTS", ".shared/requests/llama2-hellaswag-400.json");
+  const auto reqs          = load_requests(requests_path);
+  if (!reqs) {
+    state.SkipWithError(("requests file not found: " + requests_path + " (tools/stage-gpu.sh makes it)").c_str());
+    return;
+  }
+  const auto cfg = qprob::model::load_config(config_path);
+  qprob::engine::engine_options o;
+  o.max_batch_rows = state.range(0);
+  auto eng        = qprob::engine::engine::random(cfg, o, 1);
+  const auto v     = reqs->views();
+  const bool share = state.range(1) != 0;
+  (void)eng.score(v, false, share);  // warm-up: workspaces, cuBLAS heuristics
+  const auto before = eng.stats();
+  std::int64_t iterations = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto s        = eng.score(v, false, share);
+    benchmark::DoNotOptimize(s.data());
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    ++iterations;
+  }
+  const auto after   = eng.stats();
+  const double tok   = static_cast<double>(after.request_tokens - before.request_tokens);
+  const double rows  = static_cast<double>(after.rows_computed - before.rows_computed);
+  state.counters["tokens_per_s"] = benchmark::Counter(tok, benchmark::Counter::kIsRate);
+  state.counters["rows_per_s"]   = benchmark::Counter(rows, benchmark::Counter::kIsRate);
+  state.counters["mfu"] = benchmark::Counter(2.0 * static_cast<double>(parameters(cfg)) * rows / 989.4e12, benchmark::Counter::kIsRate);
+  state.counters["requests"]    = static_cast<double>(v.size());
+  state.counters["peak_GiB"]    = static_cast<double>(after.peak_pool_bytes) / (1024.0 * 1024.0 * 1024.0);
+  state.counters["weights_GiB"] = static_cast<double>(after.weight_bytes) / (1024.0 * 1024.0 * 1024.0);
+  (void)iterations;
+}
+
+}  // namespace
+
+// Args: max_batch_rows, prefix sharing (1) or not (0).
+BENCHMARK(BM_score)->Args({8192, 1})->Args({16384, 1})->Args({8192, 0})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+
+BENCHMARK_MAIN();

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+// The GPU scoring engine as host code sees it (no CUDA syntax here; the implementation is engine.cuh, compiled
+// into qprob::kernels by kernels/engine.cu). One forward pass for every family qprob reads (llama, mistral,
+// opt, bloom, phi, qwen2), fp16 or bf16 weights and activations, float32 residual stream, accumulation and
+// log-softmax; the lm-eval loglikelihood contract with prefix sharing and batch-invariant results. docs/engine.md
+// documents the numerics and the tolerances it is tested to.
+//
+//   auto e = qprob::engine::engine::from_directory("models/stories260K", {});
+//   std::vector<qprob::engine::token_request> reqs = ...;   // context / continuation token ids
+//   auto scores = e.score(reqs);                             // loglik, is_greedy, per-token log-probs
+#include <qprob/engine/plan.hpp>
+#include <qprob/model/config.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace qprob::engine {
+
+enum class activation_type : std::uint8_t { f16, bf16 };
+
+struct engine_options {
+  /// Weights and activations; nullopt: bf16 when the checkpoint (config dtype) is bf16, else f16.
+  std::optional<activation_type> dtype;
+  /// lm-eval's max_length; nullopt: max_position_embeddings, else 2048 (reference::default_max_length).
+  std::optional<std::int64_t> max_length;
+  /// Token rows per forward pass (activations grow with it; see docs/engine.md for the memory it takes).
+  std::int64_t max_batch_rows = 8192;
+  /// Every GEMM runs on row blocks of exactly this many rows (the last one padded), so cuBLAS always sees the
+  /// same shapes and picks the same kernels: a row's result never depends on the batch it is in.
+  std::int64_t gemm_rows = 2048;
+  /// LM-head rows per vocabulary chunk (float32 logits exist for this many rows at a time only).
+  std::int64_t head_rows = 512;
+  int device = 0;
+};
+
+/// One request's answer (lm-eval's (loglikelihood, is_greedy) plus the terms).
+struct request_score {
+  double loglik  = 0.0;   ///< sum of the token log-probabilities, summed in double in token order
+  bool is_greedy = false;
+  std::vector<float> token_logprobs;  ///< filled when asked for
+};
+
+/// Full-vocabulary statistics of the next token after a context.
+struct next_token_score {
+  token_id token = 0;   ///< argmax (first index on ties)
+  double logprob = 0.0; ///< its log-probability
+  double entropy = 0.0; ///< of the softmax over the vocabulary, nats
+};
+
+/// Memory and work counters, for benchmarks and logs.
+struct engine_stats {
+  std::int64_t weight_bytes      = 0;  ///< device bytes of the weights
+  std::int64_t peak_pool_bytes   = 0;  ///< high-water mark of the engine's stream-ordered allocations
+  std::int64_t rows_computed     = 0;  ///< token rows through the transformer since construction
+  std::int64_t request_tokens    = 0;  ///< sum of request input lengths (rows without prefix sharing)
+  std::int64_t forward_passes    = 0;
+};
+
+namespace detail {
+class engine_impl;
+}
+
+class engine {
+public:
+  /// Loads config.json and the safetensors checkpoint of `dir` onto the GPU.
+  /// @throws format_error for a bad config/checkpoint or an unsupported feature (naming the file and field),
+  ///         cuda_error when no GPU is usable.
+  static engine from_directory(const std::filesystem::path& dir, const engine_options& options = {});
+  /// A model with the config's shapes and random weights (benchmarks at real shapes without a checkpoint):
+  /// linear weights uniform with standard deviation 0.02, norms 1, biases 0; deterministic in `seed`.
+  static engine random(const model::model_config& config, const engine_options& options = {}, std::uint64_t seed = 0);
+
+  engine(engine&&) noexcept;
+  engine& operator=(engine&&) noexcept;
+  ~engine();
+
+  [[nodiscard]] const model::model_config& config() const noexcept;
+  [[nodiscard]] activation_type dtype() const noexcept;
+  [[nodiscard]] std::int64_t max_length() const noexcept;
+  [[nodiscard]] std::string name() const;  ///< "qprob-cuda-f16" / "qprob-cuda-bf16"
+
+  /// lm-eval loglikelihood of every request; result i answers requests[i], bit-identical whatever the other
+  /// requests are. `share_prefixes=false` computes each request's context separately (same results).
+  [[nodiscard]] std::vector<request_score> score(std::span<const token_request> requests, bool token_logprobs = false,
+                                                 bool share_prefixes = true);
+  /// Greedy next token after each context (the last max_length tokens), with the full-vocabulary entropy.
+  [[nodiscard]] std::vector<next_token_score> next_token(std::span<const std::span<const token_id>> contexts);
+  /// Float32 logits (T, vocab) of one sequence at every position (tests, parity scripts).
+  [[nodiscard]] std::vector<float> logits(std::span<const token_id> tokens);
+  /// Full-vocabulary log-softmax rows of one window, streamed: on_row(t, row) for t = 0..T-1 in order.
+  void window_logprobs(std::span<const token_id> window,
+                       const std::function<void(std::int64_t, std::span<const float>)>& on_row);
+
+  [[nodiscard]] engine_stats stats() const;
+
+private:
+  explicit engine(std::unique_ptr<detail::engine_impl> impl);
+  std::unique_ptr<detail::engine_impl> impl_;
+};
+
+}  // namespace qprob::engine

@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: Apache-2.0
+// The GPU engine against the double-precision host reference (reference/forward.hpp) on tiny hand-built
+// models of every family (odd widths: head_dim 2 to 4, GQA, sliding window, ALiBi, learned positions, post-norm,
+// parallel blocks, tied heads) and on stories260K (real weights), plus the engine's own promises: batch
+// invariance (bit-identical results whatever the batch, its order, prefix sharing or the number of forward
+// passes), next-token statistics and streamed log-softmax rows.
+//
+// Tolerances. The tiny models' weights are rounded to the engine's type before they are written, so both
+// sides compute with the same weights and the difference comes from the engine's rounding of activations to
+// fp16 (unit roundoff u = 2^-11) or bf16 (u = 2^-8) at each GEMM input and output, with float32 residuals and
+// accumulation. A handful of roundings per layer, two layers, grows by an amplification factor of the order of
+// the logit scale; we bound |logit - reference| by 20 u (fp16: ~1e-2, bf16: ~8e-2) times max(1, max |reference
+// logit|), and require the argmax to agree wherever the reference's top-two gap exceeds twice that bound.
+// stories260K's float32 weights are rounded to fp16 by the engine itself (another u per weight): same bound.
+#include <qprob/engine/engine.hpp>
+#include <qprob/eval/reference_scorer.hpp>
+#include <qprob/reference/forward.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io_test_util.hpp"
+#include "support.hpp"
+#include "tiny_models.hpp"
+
+namespace {
+
+using qprob::engine::activation_type;
+using qprob::engine::token_id;
+using ids = std::vector<token_id>;
+
+double unit_roundoff(activation_type t) { return t == activation_type::f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
+
+/// The tiny model of `family` with every weight rounded to `t`, so that the reference sees the engine's weights.
+nlohmann::json write_rounded_model(const std::filesystem::path& dir, const std::string& family, activation_type t,
+                                   std::uint64_t seed) {
+  auto cfg = qprob::test::tiny_config(family);
+  if (family == "phi") {
+    cfg["qk_layernorm"] = false;  // phi-1/1.5/2 ship without it; the engine refuses it (tested below)
+  }
+  auto w = qprob::test::tiny_weights(cfg, seed);
+  for (auto& [name, v] : w) {
+    for (auto& x : v) {
+      x = t == activation_type::f16 ? qprob::to_float(qprob::to_half(x)) : qprob::to_float(qprob::to_bfloat16(x));
+    }
+  }
+  qprob::test::write_model(dir, cfg, w);
+  return cfg;
+}
+
+ids random_tokens(std::mt19937_64& rng, std::size_t n, std::int64_t vocab) {
+  std::uniform_int_distribution<token_id> d(0, static_cast<token_id>(vocab - 1));
+  ids v(n);
+  for (auto& t : v) {
+    t = d(rng);
+  }
+  return v;
+}
+
+struct logit_comparison {
+  double max_abs_diff = 0, max_abs_ref = 0, bound = 0;
+  std::size_t rows = 0, decided_rows = 0, argmax_mismatch = 0;
+};
+
+/// Compares (T, V) engine logits with reference logits.
+logit_comparison compare_logits(const std::vector<float>& got, const std::vector<double>& ref, std::int64_t V, double u) {
+  logit_comparison c;
+  REQUIRE(got.size() == ref.size());
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    REQUIRE(std::isfinite(got[i]));
+    c.max_abs_diff = std::max(c.max_abs_diff, std::abs(static_cast<double>(got[i]) - ref[i]));
+    c.max_abs_ref  = std::max(c.max_abs_ref, std::abs(ref[i]));
+  }
+  c.bound = 20.0 * u * std::max(1.0, c.max_abs_ref);
+  c.rows  = ref.size() / static_cast<std::size_t>(V);
+  for (std::size_t r = 0; r < c.rows; ++r) {
+    const auto* rr = ref.data() + r * static_cast<std::size_t>(V);
+    const auto* gr = got.data() + r * static_cast<std::size_t>(V);
+    std::vector<double> row(rr, rr + V);
+    const auto top = static_cast<std::size_t>(std::max_element(row.begin(), row.end()) - row.begin());
+    double second  = -INFINITY;
+    for (std::size_t k = 0; k < row.size(); ++k) {
+      if (k != top) {
+        second = std::max(second, row[k]);
+      }
+    }
+    if (row[top] - second > 2 * c.bound) {
+      ++c.decided_rows;
+      const auto gtop = static_cast<std::size_t>(std::max_element(gr, gr + V) - gr);
+      c.argmax_mismatch += gtop != top ? 1 : 0;
+    }
+  }
+  return c;
+}
+
+bool same_bits(const qprob::engine::request_score& a, const qprob::engine::request_score& b) {
+  return std::memcmp(&a.loglik, &b.loglik, sizeof(double)) == 0 && a.is_greedy == b.is_greedy &&
+         a.token_logprobs.size() == b.token_logprobs.size() &&
+         std::memcmp(a.token_logprobs.data(), b.token_logprobs.data(), a.token_logprobs.size() * sizeof(float)) == 0;
+}
+
+struct owned {
+  ids context, continuation;
+};
+
+/// HellaSwag-shaped requests: questions of four endings sharing a context, plus one-token continuations.
+std::vector<owned> question_requests(std::mt19937_64& rng, int questions, std::int64_t vocab) {
+  std::uniform_int_distribution<int> ctx_len(1, 30), cont_len(1, 9);
+  std::vector<owned> out;
+  for (int q = 0; q < questions; ++q) {
+    const auto ctx = random_tokens(rng, static_cast<std::size_t>(ctx_len(rng)), vocab);
+    for (int c = 0; c < 4; ++c) {
+      out.push_back({ctx, random_tokens(rng, q % 5 == 0 ? 1 : static_cast<std::size_t>(cont_len(rng)), vocab)});
+    }
+  }
+  return out;
+}
+
+std::vector<qprob::engine::token_request> views(const std::vector<owned>& rs) {
+  std::vector<qprob::engine::token_request> v;
+  for (const auto& r : rs) {
+    v.push_back({r.context, r.continuation});
+  }
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("engine logits match the reference on tiny models of every family (fp16 and bf16)") {
+  auto rng = qprob::test::make_rng(0xe11);
+  INFO("seed ", qprob::test::run_seed());
+  qprob::test::temp_dir tmp("engine_families");
+  for (const auto t : {activation_type::f16, activation_type::bf16}) {
+    for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi"}) {
+      const auto dir = tmp.path() / (family + (t == activation_type::f16 ? "_f16" : "_bf16"));
+      write_rounded_model(dir, family, t, rng());
+      const auto ref = qprob::reference::reference_model::from_directory(dir);
+      qprob::engine::engine_options o;
+      o.dtype    = t;
+      o.gemm_rows = 64;  // tiny models: small GEMM blocks
+      auto eng   = qprob::engine::engine::from_directory(dir, o);
+      const auto V = ref.vocab_size();
+      for (const std::size_t T : {1u, 5u, 23u}) {
+        const auto toks = random_tokens(rng, T, V);
+        const auto got  = eng.logits(toks);
+        const auto want = ref.logits(toks);
+        const auto c    = compare_logits(got, want, V, unit_roundoff(t));
+        CAPTURE(family);
+        CAPTURE(T);
+        CAPTURE(c.max_abs_diff);
+        CAPTURE(c.bound);
+        MESSAGE(family, (t == activation_type::f16 ? " f16" : " bf16"), " T=", T, ": max |diff| ", c.max_abs_diff,
+                " (bound ", c.bound, ", max |logit| ", c.max_abs_ref, "), argmax mismatches ", c.argmax_mismatch, " of ",
+                c.decided_rows, " decided rows");
+        CHECK(c.max_abs_diff <= c.bound);
+        CHECK(c.argmax_mismatch == 0);
+        CHECK(c.max_abs_ref > 0.1);  // the comparison is not between two near-zero outputs
+      }
+    }
+  }
+}
+
+TEST_CASE("the engine refuses what it does not implement, naming the field") {
+  qprob::test::temp_dir tmp("engine_refuse");
+  const auto cfg = qprob::test::tiny_config("phi");  // qk_layernorm: true
+  qprob::test::write_model(tmp.path() / "phi", cfg, qprob::test::tiny_weights(cfg, 1));
+  CHECK_THROWS_WITH_AS((void)qprob::engine::engine::from_directory(tmp.path() / "phi"),
+                       doctest::Contains("qk_layernorm"), qprob::format_error);
+}
+
+TEST_CASE("stories260K: logits, loglikelihoods and next tokens match the reference") {
+  const auto shared = qprob::test::shared_dir();
+  if (!shared) {
+    MESSAGE("skipped: ../shared (QPROB_SHARED_DIR) not found");
+    return;
+  }
+  const auto dir = *shared / "models" / "stories260K";
+  auto rng       = qprob::test::make_rng(0x5260);
+  INFO("seed ", qprob::test::run_seed());
+  const auto ref = qprob::reference::reference_model::from_directory(dir);
+  auto eng       = qprob::engine::engine::from_directory(dir);
+  CHECK(eng.dtype() == activation_type::f16);
+  const auto V = ref.vocab_size();
+  const double u = unit_roundoff(activation_type::f16);
+
+  const auto toks = random_tokens(rng, 97, V);
+  const auto c    = compare_logits(eng.logits(toks), ref.logits(toks), V, u);
+  MESSAGE("stories260K logits: max |diff| ", c.max_abs_diff, " (bound ", c.bound, "), argmax mismatches ",
+          c.argmax_mismatch, " of ", c.decided_rows);
+  CHECK(c.max_abs_diff <= c.bound);
+  CHECK(c.argmax_mismatch == 0);
+
+  // Loglikelihoods of lm-eval-shaped requests: within 1e-2 absolute (the bar against transformers).
+  const auto rs   = question_requests(rng, 12, V);
+  const auto v    = views(rs);
+  const auto got  = eng.score(v, true);
+  double worst    = 0;
+  std::size_t greedy_agree = 0;
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    const auto want = qprob::reference::loglikelihood(ref, rs[i].context, rs[i].continuation);
+    worst           = std::max(worst, std::abs(got[i].loglik - want.sum));
+    greedy_agree += got[i].is_greedy == want.is_greedy ? 1 : 0;
+    REQUIRE(got[i].token_logprobs.size() == rs[i].continuation.size());
+    double s = 0;
+    for (const float x : got[i].token_logprobs) {
+      CHECK(x <= 0.0f);
+      s += x;
+    }
+    CHECK(s == doctest::Approx(got[i].loglik).epsilon(1e-12));
+  }
+  MESSAGE("stories260K loglik: worst |diff| ", worst, " over ", rs.size(), " requests; is_greedy agrees on ",
+          greedy_agree);
+  CHECK(worst <= 1e-2);
+  CHECK(greedy_agree >= rs.size() - 1);
+
+  // Next token: argmax, its log-probability and the entropy.
+  std::vector<ids> ctxs;
+  for (int i = 0; i < 9; ++i) {
+    ctxs.push_back(random_tokens(rng, static_cast<std::size_t>(1 + 7 * i), V));
+  }
+  std::vector<std::span<const token_id>> cv(ctxs.begin(), ctxs.end());
+  const auto nt = eng.next_token(cv);
+  qprob::eval::reference_scorer rscorer(qprob::reference::reference_model::from_directory(dir));
+  const auto want = rscorer.next_token(ctxs);
+  for (std::size_t i = 0; i < ctxs.size(); ++i) {
+    const auto lg_ref = ref.logits(ctxs[i]);
+    std::vector<double> last(lg_ref.end() - V, lg_ref.end());
+    std::sort(last.begin(), last.end());
+    if (last[last.size() - 1] - last[last.size() - 2] > 2 * c.bound) {
+      CHECK(nt[i].token == want[i].token);
+    }
+    CHECK(std::abs(nt[i].logprob - want[i].logprob) <= c.bound);
+    CHECK(std::abs(nt[i].entropy - want[i].entropy) <= c.bound);
+    CHECK(nt[i].entropy > 0.0);
+  }
+
+  // Streamed log-softmax rows: normalised and equal to logits - logsumexp.
+  const auto window = random_tokens(rng, 33, V);
+  const auto lg     = eng.logits(window);
+  std::int64_t rows_seen = 0;
+  eng.window_logprobs(window, [&](std::int64_t t, std::span<const float> row) {
+    CHECK(t == rows_seen++);
+    REQUIRE(static_cast<std::int64_t>(row.size()) == V);
+    double z = 0;
+    for (const float x : row) {
+      z += std::exp(static_cast<double>(x));
+    }
+    CHECK(z == doctest::Approx(1.0).epsilon(1e-5));
+    const float* lr = lg.data() + t * V;
+    CHECK(row[3] - row[7] == doctest::Approx(lr[3] - lr[7]).epsilon(1e-5));
+  });
+  CHECK(rows_seen == 33);
+}
+
+TEST_CASE("scores are bit-identical whatever the batch, its order, prefix sharing and the passes") {
+  const auto shared = qprob::test::shared_dir();
+  qprob::test::temp_dir tmp("engine_invariance");
+  std::filesystem::path dir;
+  if (shared && std::filesystem::exists(*shared / "models" / "stories260K")) {
+    dir = *shared / "models" / "stories260K";
+  } else {
+    dir = tmp.path() / "llama";
+    write_rounded_model(dir, "llama", activation_type::f16, 7);
+  }
+  auto rng = qprob::test::make_rng(0xba7c);
+  INFO("seed ", qprob::test::run_seed());
+  auto eng        = qprob::engine::engine::from_directory(dir);
+  const auto V    = eng.config().vocab_size;
+  const auto rs   = question_requests(rng, 16, V);  // 64 requests
+  const auto all  = views(rs);
+  const auto full = eng.score(all, true);
+  REQUIRE(full.size() == 64);
+
+  std::vector<qprob::engine::request_score> singles, sevens, unshared;
+  for (const auto& r : all) {
+    singles.push_back(eng.score(std::span(&r, 1), true)[0]);
+  }
+  for (std::size_t b = 0; b < all.size(); b += 7) {
+    const auto part = eng.score(std::span(all).subspan(b, std::min<std::size_t>(7, all.size() - b)), true);
+    sevens.insert(sevens.end(), part.begin(), part.end());
+  }
+  unshared = eng.score(all, true, false);
+  std::vector<std::size_t> order(all.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<qprob::engine::token_request> shuffled;
+  for (const auto i : order) {
+    shuffled.push_back(all[i]);
+  }
+  const auto sh = eng.score(shuffled, true);
+  qprob::engine::engine_options small;
+  small.max_batch_rows = 37;  // many forward passes
+  auto eng2       = qprob::engine::engine::from_directory(dir, small);
+  const auto many = eng2.score(all, true);
+
+  std::size_t distinct = 0;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(full[i], singles[i]));
+    CHECK(same_bits(full[i], sevens[i]));
+    CHECK(same_bits(full[i], unshared[i]));
+    CHECK(same_bits(full[i], many[i]));
+    CHECK(std::isfinite(full[i].loglik));
+    CHECK(full[i].loglik < 0.0);
+    distinct += i > 0 && full[i].loglik != full[i - 1].loglik ? 1 : 0;
+  }
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    CHECK(same_bits(sh[k], full[order[k]]));
+  }
+  CHECK(distinct > 50);  // real, different answers, not one value repeated
+  const auto st = eng.stats();
+  CHECK(st.rows_computed > 0);
+  CHECK(st.request_tokens > st.rows_computed / 2);
+}
+
+TEST_CASE("random engines at family shapes run, are deterministic in their seed and batch-invariant") {
+  for (const std::string family : {"llama", "opt", "bloom", "phi", "mistral", "opt350"}) {
+    auto cfg_json = qprob::test::tiny_config(family);
+    cfg_json["qk_layernorm"] = false;
+    const auto cfg = qprob::model::parse_config(cfg_json, "config.json");
+    auto a = qprob::engine::engine::random(cfg, {}, 3);
+    auto b = qprob::engine::engine::random(cfg, {}, 3);
+    auto c = qprob::engine::engine::random(cfg, {}, 4);
+    const ids toks{1, 5, 9, 2, 2, 7, 30, 11};
+    const auto la = a.logits(toks), lb = b.logits(toks), lc = c.logits(toks);
+    CAPTURE(family);
+    CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
+    CHECK(la != lc);
+    CHECK(std::all_of(la.begin(), la.end(), [](float x) { return std::isfinite(x); }));
+    const ids ctx{1, 5, 9}, c1{2, 2, 7}, c2{30};
+    const qprob::engine::token_request r[2] = {{ctx, c1}, {ctx, c2}};
+    const auto both = a.score(r, true);
+    CHECK(same_bits(both[1], a.score(std::span(r).subspan(1, 1), true)[0]));
+  }
+}
