@@ -72,6 +72,10 @@ void engine::window_logprobs(std::span<const token_id> window,
                              const std::function<void(std::int64_t, std::span<const float>)>& on_row) {
   impl_->window_logprobs(window, on_row);
 }
+std::vector<quantized_layer> engine::quantize(const quantize_settings& settings, std::span<const std::vector<token_id>> windows,
+                                              const quantize_progress& progress) {
+  return impl_->quantize(settings, windows, progress);
+}
 engine_stats engine::stats() const { return impl_->stats(); }
 
 }  // namespace qprob::engine

@@ -32,6 +32,8 @@
 #include <qprob/io/safetensors.hpp>
 #include <qprob/model/config.hpp>
 #include <qprob/model/weights.hpp>
+#include <qprob/quant/gptq.hpp>
+#include <qprob/quant/rtn.hpp>
 #include <qprob/reference/forward.hpp>
 
 #include <cuda_runtime.h>
@@ -58,8 +60,32 @@ public:
   [[nodiscard]] virtual std::vector<float> logits(std::span<const token_id> tokens) = 0;
   virtual void window_logprobs(std::span<const token_id> window,
                                const std::function<void(std::int64_t, std::span<const float>)>& on_row) = 0;
+  [[nodiscard]] virtual std::vector<quantized_layer> quantize(const quantize_settings& settings,
+                                                               std::span<const std::vector<token_id>> windows,
+                                                               const quantize_progress& progress) = 0;
   [[nodiscard]] virtual engine_stats stats() const = 0;
 };
+
+/// Where run_layer() stops: after reporting the input of a sub-group's linears (GPTQ's Hessian passes), or
+/// after the whole layer.
+enum class layer_stage : int { qkv_input, o_input, up_input, down_input, all };
+
+/// Partial sums of (a - b)^2 over a grid-stride range, one per block (summed on the host in block order).
+template <class T>
+__global__ void squared_difference_kernel(const T* __restrict__ a, const T* __restrict__ b, std::int64_t n,
+                                          double* __restrict__ partial) {
+  using reduce = cub::BlockReduce<double, 256>;
+  __shared__ typename reduce::TempStorage tmp;
+  double s = 0.0;
+  for (std::int64_t i = blockIdx.x * 256ll + threadIdx.x; i < n; i += static_cast<std::int64_t>(gridDim.x) * 256) {
+    const double d = static_cast<double>(kernels::load_f(a + i)) - static_cast<double>(kernels::load_f(b + i));
+    s += d * d;
+  }
+  s = reduce(tmp).Sum(s);
+  if (threadIdx.x == 0) {
+    partial[blockIdx.x] = s;
+  }
+}
 
 template <class Act>
 constexpr cudaDataType_t cuda_type() noexcept {
@@ -96,7 +122,7 @@ public:
     [[nodiscard]] bool present() const noexcept { return !w.empty(); }
   };
   struct layer {
-    norm attn_norm, mlp_norm;
+    norm attn_norm, mlp_norm, q_norm, k_norm;
     linear qkv, o, up, down;  // up = gate | up for gated MLPs
   };
 
@@ -165,6 +191,8 @@ public:
       layer L;
       L.attn_norm = nrm(R::attn_norm, l);
       L.mlp_norm  = nrm(R::mlp_norm, l);
+      L.q_norm    = nrm(R::q_norm, l);
+      L.k_norm    = nrm(R::k_norm, l);
       // q | k | v as one [QD + 2 KVD, H] weight.
       std::vector<Act> w(static_cast<std::size_t>((QD + 2 * KVD) * H));
       std::vector<float> b;
@@ -279,6 +307,10 @@ public:
       L.attn_norm = mk_norm(H);
       if (!c.parallel_attn_mlp) {
         L.mlp_norm = mk_norm(H);
+      }
+      if (c.qk_layernorm) {
+        L.q_norm = mk_norm(D);
+        L.k_norm = mk_norm(D);
       }
       L.qkv  = mk_lin(QD + 2 * KVD, H, c.bias.q || c.bias.k || c.bias.v);
       L.o    = mk_lin(H, QD, c.bias.o);
@@ -395,6 +427,23 @@ public:
     }
   }
 
+  [[nodiscard]] std::vector<quantized_layer> quantize(const quantize_settings& settings,
+                                                       std::span<const std::vector<token_id>> windows,
+                                                       const quantize_progress& progress) override {
+    if constexpr (!std::is_same_v<Act, half_t>) {
+      throw invalid_argument("engine::quantize: the GPU quantizer's presets compute in fp16; load the model with "
+                             "dtype f16 (this engine is bf16)");
+    } else {
+      QPROB_CHECK(settings.use_gptq || !settings.policy.desc_act,
+                  "engine::quantize: desc_act needs GPTQ (act-order is GPTQ's column order; RTN has none)");
+      QPROB_CHECK(!settings.use_gptq || !windows.empty(), "engine::quantize: GPTQ needs calibration windows");
+      return quant::dispatch_policy(settings.policy, [&](auto tag) {
+        using P = typename decltype(tag)::type;
+        return quantize_with<P>(settings, windows, progress);
+      });
+    }
+  }
+
   [[nodiscard]] engine_stats stats() const override {
     engine_stats s = stats_;
     s.weight_bytes = weight_bytes_;
@@ -410,8 +459,8 @@ public:
 private:
   /// Features of the config the engine does not implement yet, refused up front with the field named.
   void check_supported(const std::string& config_file) const {
-    if (cfg_.qk_layernorm) {
-      throw format_error(config_file, "qk_layernorm", "Phi's per-head q/k LayerNorm is not implemented by the GPU engine");
+    if (cfg_.qk_layernorm && cfg_.model_family != model::family::phi) {
+      throw format_error(config_file, "qk_layernorm", "only Phi's per-head q/k LayerNorm is implemented");
     }
     if (cfg_.head_dim > 32 * 8) {
       throw format_error(config_file, "head_dim", "head_dim=" + std::to_string(cfg_.head_dim) +
@@ -510,20 +559,28 @@ private:
 
   void residual(std::int64_t rows, const float* y1, const float* b1, const float* y2, const float* b2, const Act* h_base) {
     kernels::residual_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
-        x_.buf.data(), y1, b1, y2, b2, h_base, cfg_.hidden_size);
+        x_cur_, y1, b1, y2, b2, h_base, cfg_.hidden_size);
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
   }
 
-  /// Attention block of layer L on h (rows): leaves o(att) in y (float32, no bias).
-  void attention_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y) {
+  /// Attention block of layer L on h (rows): leaves o(att) in y (float32, no bias). `report(stage, input, k)`
+  /// sees the inputs of the q|k|v and o projections; true from it means stop here (returns true).
+  template <class Report>
+  bool attention_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report) {
     const auto H = cfg_.hidden_size, D = cfg_.head_dim;
     const auto QD = cfg_.num_heads * D, KVD = cfg_.num_kv_heads * D, W = QD + 2 * KVD;
     Act* qkv = qkv_.get(rows_padded * W, stream_);
     Act* att = att_.get(rows_padded * QD, stream_);
+    if (report(layer_stage::qkv_input, h_.buf.data(), H)) {
+      return true;
+    }
     gemm(h_.buf.data(), L.qkv.w.data(), qkv, rows_padded, H, W, options_.gemm_rows);
     kernels::qkv_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
         qkv, W, L.qkv.bias(), positions_dev_.data(), inv_freq_.empty() ? nullptr : inv_freq_.data(), half_rotary_,
-        static_cast<int>(D), static_cast<int>(cfg_.num_heads), static_cast<int>(cfg_.num_kv_heads));
+        static_cast<int>(D), static_cast<int>(cfg_.num_heads), static_cast<int>(cfg_.num_kv_heads),
+        kernels::head_norms{L.q_norm.present() ? L.q_norm.w.data() : nullptr, L.q_norm.b.empty() ? nullptr : L.q_norm.b.data(),
+                            L.k_norm.present() ? L.k_norm.w.data() : nullptr, L.k_norm.b.empty() ? nullptr : L.k_norm.b.data(),
+                            static_cast<float>(cfg_.norm_eps)});
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
     kernels::attention_params<Act> p;
     p.qkv       = qkv;
@@ -543,36 +600,45 @@ private:
       kernels::attention_kernel<Act, decltype(k)::value><<<grid, kernels::kAttnThreads, smem, stream_>>>(p);
     });
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
+    if (report(layer_stage::o_input, att, QD)) {
+      return true;
+    }
     gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows);
+    return false;
   }
 
-  /// MLP block of layer L on h: leaves down(act(...)) in y (float32, no down bias).
-  void mlp_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y) {
+  /// MLP block of layer L on h: leaves down(act(...)) in y (float32, no down bias); stops like attention_block.
+  template <class Report>
+  bool mlp_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report) {
     const auto H = cfg_.hidden_size, I = cfg_.intermediate_size;
     Act* u = up_.get(rows_padded * L.up.out, stream_);
     Act* a = act_.get(rows_padded * I, stream_);
+    if (report(layer_stage::up_input, h_.buf.data(), H)) {
+      return true;
+    }
     gemm(h_.buf.data(), L.up.w.data(), u, rows_padded, H, L.up.out, options_.gemm_rows);
     kernels::mlp_act_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
         u, L.up.bias(), I, cfg_.gated_mlp, kernels::activation_code(cfg_.act, cfg_.activation_name), a);
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
+    if (report(layer_stage::down_input, a, I)) {
+      return true;
+    }
     gemm(a, L.down.w.data(), y, rows_padded, I, H, options_.gemm_rows);
+    return false;
   }
 
-  /// Runs the transformer over the batch's rows; leaves the residual stream in x_.
-  void forward(const batch_plan& b) {
-    const auto rows = b.rows();
-    if (rows == 0) {
-      return;
-    }
-    const auto& c   = cfg_;
-    const auto H = c.hidden_size, E = c.word_embed_proj_dim;
-    const auto padded = round_up(rows, options_.gemm_rows);
+  /// Copies a plan's rows, positions and tiles to the device (the inputs of embed() and run_layer()).
+  void upload_plan(const batch_plan& b) {
     tokens_dev_    = device_buffer<token_id>(std::span<const token_id>(b.tokens), stream_);
     positions_dev_ = device_buffer<std::int32_t>(std::span<const std::int32_t>(b.positions), stream_);
     tiles_dev_     = device_buffer<attention_tile>(std::span<const attention_tile>(b.tiles), stream_);
-    float* x  = x_.get(padded * H, stream_);
-    Act* h    = h_.get(padded * std::max(H, E), stream_);
-    float* y1 = y1_.get(padded * H, stream_);
+  }
+
+  /// Embeddings of the uploaded plan's `rows` rows into x (float32, [padded, hidden]).
+  void embed(float* x, std::int64_t rows, std::int64_t padded) {
+    const auto& c = cfg_;
+    const auto H = c.hidden_size, E = c.word_embed_proj_dim;
+    Act* h = h_.get(padded * std::max(H, E), stream_);
     const bool learned = c.positions.kind == model::position_kind::learned;
     const auto R = static_cast<unsigned>(rows);
     if (project_in_.w.empty()) {
@@ -594,33 +660,76 @@ private:
     if (embed_norm_.present()) {
       launch_norm(embed_norm_, norm_code(), x, nullptr, rows, H, h, x);
     }
-    for (std::int64_t l = 0; l < c.num_layers; ++l) {
-      const auto& L   = layers_[static_cast<std::size_t>(l)];
-      const bool slid = c.sliding_window && static_cast<std::size_t>(l) < c.layer_sliding.size() &&
-                        c.layer_sliding[static_cast<std::size_t>(l)];
-      current_window_ = slid ? *c.sliding_window : 0;
-      if (c.pre_norm) {
-        launch_norm(L.attn_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
-        attention_block(L, rows, padded, y1);
-        if (c.parallel_attn_mlp) {
-          float* y2 = y2_.get(padded * H, stream_);
-          mlp_block(L, rows, padded, y2);
-          residual(rows, y1, L.o.bias(), y2, L.down.bias(), nullptr);
-          continue;
-        }
-        residual(rows, y1, L.o.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
-        launch_norm(L.mlp_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
-        mlp_block(L, rows, padded, y1);
-        residual(rows, y1, L.down.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
-      } else {  // OPT-350m post-norm: x = norm1(x + attn(x)); x = norm2(x + mlp(x))
-        launch_norm(norm{}, kernels::norm_code::identity, x, nullptr, rows, H, h, nullptr);
-        attention_block(L, rows, padded, y1);
-        residual(rows, y1, L.o.bias(), nullptr, nullptr, nullptr);
-        launch_norm(L.attn_norm, norm_code(), x, nullptr, rows, H, h, x);
-        mlp_block(L, rows, padded, y1);
-        residual(rows, y1, L.down.bias(), nullptr, nullptr, nullptr);
-        launch_norm(L.mlp_norm, norm_code(), x, nullptr, rows, H, h, x);
+  }
+
+  /// Called with the device input (rows x k, Act, dense) of a block linear sub-group just before it is applied.
+  using input_observer = std::function<void(layer_stage, const Act*, std::int64_t rows, std::int64_t k)>;
+
+  /// Decoder layer l over the uploaded plan's rows, updating x in place, reporting linear inputs to `observe`
+  /// (may be null) and returning right after reporting `stop` (x is then unspecified).
+  void run_layer(std::int64_t l, float* x, std::int64_t rows, std::int64_t padded, const input_observer* observe,
+                 layer_stage stop) {
+    const auto& c   = cfg_;
+    const auto H    = c.hidden_size;
+    const auto& L   = layers_[static_cast<std::size_t>(l)];
+    Act* h          = h_.get(padded * std::max(H, c.word_embed_proj_dim), stream_);
+    float* y1       = y1_.get(padded * H, stream_);
+    const bool slid = c.sliding_window && static_cast<std::size_t>(l) < c.layer_sliding.size() &&
+                      c.layer_sliding[static_cast<std::size_t>(l)];
+    current_window_ = slid ? *c.sliding_window : 0;
+    x_cur_          = x;
+    const auto report = [&](layer_stage st, const Act* in, std::int64_t k) {
+      if (observe != nullptr) {
+        (*observe)(st, in, rows, k);
       }
+      return st == stop;
+    };
+    if (c.pre_norm) {
+      launch_norm(L.attn_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
+      if (attention_block(L, rows, padded, y1, report)) {
+        return;
+      }
+      if (c.parallel_attn_mlp) {
+        float* y2 = y2_.get(padded * H, stream_);
+        if (mlp_block(L, rows, padded, y2, report)) {
+          return;
+        }
+        residual(rows, y1, L.o.bias(), y2, L.down.bias(), nullptr);
+        return;
+      }
+      residual(rows, y1, L.o.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+      launch_norm(L.mlp_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
+      if (mlp_block(L, rows, padded, y1, report)) {
+        return;
+      }
+      residual(rows, y1, L.down.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+    } else {  // OPT-350m post-norm: x = norm1(x + attn(x)); x = norm2(x + mlp(x))
+      launch_norm(norm{}, kernels::norm_code::identity, x, nullptr, rows, H, h, nullptr);
+      if (attention_block(L, rows, padded, y1, report)) {
+        return;
+      }
+      residual(rows, y1, L.o.bias(), nullptr, nullptr, nullptr);
+      launch_norm(L.attn_norm, norm_code(), x, nullptr, rows, H, h, x);
+      if (mlp_block(L, rows, padded, y1, report)) {
+        return;
+      }
+      residual(rows, y1, L.down.bias(), nullptr, nullptr, nullptr);
+      launch_norm(L.mlp_norm, norm_code(), x, nullptr, rows, H, h, x);
+    }
+  }
+
+  /// Runs the transformer over the batch's rows; leaves the residual stream in x_.
+  void forward(const batch_plan& b) {
+    const auto rows = b.rows();
+    if (rows == 0) {
+      return;
+    }
+    const auto padded = round_up(rows, options_.gemm_rows);
+    upload_plan(b);
+    float* x = x_.get(padded * cfg_.hidden_size, stream_);
+    embed(x, rows, padded);
+    for (std::int64_t l = 0; l < cfg_.num_layers; ++l) {
+      run_layer(l, x, rows, padded, nullptr, layer_stage::all);
     }
     stats_.rows_computed += rows;
     stats_.forward_passes += 1;
@@ -722,6 +831,225 @@ private:
     }
   }
 
+  /// A block linear in the checkpoint's layout as rows of one of the engine's fused weights.
+  struct linear_slice {
+    model::tensor_role role;
+    linear* lin;
+    std::int64_t row0, rows;
+    layer_stage input;  // the run_layer() stage whose reported input feeds it
+  };
+
+  [[nodiscard]] std::vector<linear_slice> slices_of(layer& L) {
+    using R       = model::tensor_role;
+    const auto QD = cfg_.num_heads * cfg_.head_dim, KVD = cfg_.num_kv_heads * cfg_.head_dim, I = cfg_.intermediate_size;
+    std::vector<linear_slice> s{{R::q, &L.qkv, 0, QD, layer_stage::qkv_input},
+                                {R::k, &L.qkv, QD, KVD, layer_stage::qkv_input},
+                                {R::v, &L.qkv, QD + KVD, KVD, layer_stage::qkv_input},
+                                {R::o, &L.o, 0, L.o.out, layer_stage::o_input}};
+    if (cfg_.gated_mlp) {
+      s.push_back({R::gate, &L.up, 0, I, layer_stage::up_input});
+      s.push_back({R::up, &L.up, I, I, layer_stage::up_input});
+    } else {
+      s.push_back({R::up, &L.up, 0, L.up.out, layer_stage::up_input});
+    }
+    s.push_back({R::down, &L.down, 0, L.down.out, layer_stage::down_input});
+    return s;
+  }
+
+  /// Quantizes one slice (RTN when hessian is null), replaces its rows by the dequantized weights and returns
+  /// the codes on the host.
+  template <class P>
+  quantized_layer quantize_slice(std::int64_t layer_index, const linear_slice& sl, const float* hessian,
+                                 const quantize_settings& settings) {
+    const auto n = sl.rows, k = sl.lin->in;
+    const auto words = P::packed_words(k), groups = P::groups(k);
+    device_buffer<std::uint32_t> qw(words * n, stream_);
+    device_buffer<half_t> scales(groups * n, stream_);
+    device_buffer<std::uint8_t> zeros(groups * n, stream_);
+    device_buffer<std::int32_t> g_idx(P::act_order ? k : 0, stream_);
+    device_buffer<half_t> deq(n * k, stream_);
+    half_t* w_ptr = sl.lin->w.data() + sl.row0 * k;
+    const auto w  = make_device_view(static_cast<const half_t*>(w_ptr), n, k);
+    quantized_layer out;
+    out.layer = layer_index;
+    out.role  = sl.role;
+    if (hessian == nullptr) {
+      quant::rtn_quantize<P>(w, qw.view(words, n), scales.view(groups, n), zeros.view(groups, n), stream_);
+      quant::dequantize<P>(qw.view(words, n), scales.view(groups, n), zeros.view(groups, n), nullptr, deq.view(n, k), stream_);
+    } else {
+      out.report = quant::gptq_quantize<P>(w, make_device_view(hessian, k, k), qw.view(words, n), scales.view(groups, n),
+                                           zeros.view(groups, n), P::act_order ? g_idx.data() : nullptr, deq.data(),
+                                           settings.solver, stream_);
+    }
+    // Mean squared change of the weights, then the dequantized weights replace the originals.
+    constexpr int blocks = 256;
+    device_buffer<double> partial(blocks, stream_);
+    squared_difference_kernel<half_t><<<blocks, 256, 0, stream_>>>(w_ptr, deq.data(), n * k, partial.data());
+    QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
+    const auto parts = partial.to_host();
+    double sum = 0;
+    for (const double v : parts) {
+      sum += v;
+    }
+    out.weight_mse = sum / static_cast<double>(n * k);
+    QPROB_CUDA_TRY(cudaMemcpyAsync(w_ptr, deq.data(), static_cast<std::size_t>(n * k) * sizeof(half_t),
+                                   cudaMemcpyDeviceToDevice, stream_));
+    out.weight = {n, k, qw.to_host(), scales.to_host(), zeros.to_host(), P::act_order ? g_idx.to_host() : std::vector<std::int32_t>{}};
+    return out;
+  }
+
+  /// BLOOM's checkpoint holds q, k and v as one head-interleaved query_key_value (model::bloom_qkv_row): the
+  /// three slices' columns (output channels) are interleaved back. GPTQ treats rows independently given the
+  /// shared Hessian, so this equals quantizing the fused matrix at once.
+  [[nodiscard]] quantized_layer fuse_bloom_qkv(std::vector<quantized_layer>&& qkv) const {
+    const auto D = cfg_.head_dim, heads = cfg_.num_heads, part = heads * D;
+    const auto& q = qkv[0].weight;
+    quantized_layer out;
+    out.layer  = qkv[0].layer;
+    out.role   = model::tensor_role::qkv;
+    out.weight.n = 3 * part;
+    out.weight.k = q.k;
+    out.weight.g_idx = q.g_idx;
+    const auto words  = static_cast<std::int64_t>(q.qweight.size()) / part;
+    const auto groups = static_cast<std::int64_t>(q.scales.size()) / part;
+    out.weight.qweight.resize(static_cast<std::size_t>(words * 3 * part));
+    out.weight.scales.resize(static_cast<std::size_t>(groups * 3 * part));
+    out.weight.zeros.resize(static_cast<std::size_t>(groups * 3 * part));
+    for (int which = 0; which < 3; ++which) {
+      const auto& src = qkv[static_cast<std::size_t>(which)].weight;
+      for (std::int64_t h = 0; h < heads; ++h) {
+        for (std::int64_t d = 0; d < D; ++d) {
+          const auto from = h * D + d, to = model::bloom_qkv_row(which, h, d, D);
+          for (std::int64_t r = 0; r < words; ++r) {
+            out.weight.qweight[static_cast<std::size_t>(r * 3 * part + to)] = src.qweight[static_cast<std::size_t>(r * part + from)];
+          }
+          for (std::int64_t g = 0; g < groups; ++g) {
+            out.weight.scales[static_cast<std::size_t>(g * 3 * part + to)] = src.scales[static_cast<std::size_t>(g * part + from)];
+            out.weight.zeros[static_cast<std::size_t>(g * 3 * part + to)]  = src.zeros[static_cast<std::size_t>(g * part + from)];
+          }
+        }
+      }
+      const auto& rep = qkv[static_cast<std::size_t>(which)].report;
+      out.report.loss += rep.loss;
+      out.report.damp_percent = std::max(out.report.damp_percent, rep.damp_percent);
+      out.report.damp_retries = std::max(out.report.damp_retries, rep.damp_retries);
+      out.report.dead_columns = rep.dead_columns;
+      out.report.warnings.insert(out.report.warnings.end(), rep.warnings.begin(), rep.warnings.end());
+      out.weight_mse += qkv[static_cast<std::size_t>(which)].weight_mse / 3.0;  // three equal-sized parts
+    }
+    return out;
+  }
+
+  template <class P>
+  std::vector<quantized_layer> quantize_with(const quantize_settings& settings, std::span<const std::vector<token_id>> windows,
+                                             const quantize_progress& progress) {
+    const bool bloom = cfg_.model_family == model::family::bloom;
+    std::size_t total = 0;
+    for (auto& L : layers_) {
+      total += bloom ? slices_of(L).size() - 2 : slices_of(L).size();
+    }
+    std::size_t done = 0;
+    if (progress) {
+      progress(0, total);
+    }
+    std::vector<quantized_layer> out;
+    const auto emit = [&](std::vector<quantized_layer>&& group) {
+      if (bloom && !group.empty() && group[0].role == model::tensor_role::q) {
+        out.push_back(fuse_bloom_qkv(std::move(group)));
+        ++done;
+      } else {
+        for (auto& g : group) {
+          out.push_back(std::move(g));
+          ++done;
+        }
+      }
+      if (progress) {
+        progress(done, total);
+      }
+    };
+    if (!settings.use_gptq) {
+      for (std::int64_t l = 0; l < cfg_.num_layers; ++l) {
+        auto slices = slices_of(layers_[static_cast<std::size_t>(l)]);
+        std::vector<quantized_layer> qkv;
+        for (const auto& sl : slices) {
+          auto q = quantize_slice<P>(l, sl, nullptr, settings);
+          if (sl.input == layer_stage::qkv_input) {
+            qkv.push_back(std::move(q));
+            if (qkv.size() == 3) {
+              emit(std::move(qkv));
+              qkv.clear();
+            }
+          } else {
+            emit({std::move(q)});
+          }
+        }
+      }
+      return out;
+    }
+
+    // Calibration rows: every window is one sequence; passes of at most max_batch_rows rows. The residual
+    // stream of every pass is kept between layers (float32, rows x hidden).
+    std::vector<std::span<const token_id>> spans;
+    for (std::size_t i = 0; i < windows.size(); ++i) {
+      QPROB_CHECK(!windows[i].empty() && static_cast<std::int64_t>(windows[i].size()) <= max_length_,
+                  "engine::quantize: calibration window ", i, " has ", windows[i].size(),
+                  " tokens; windows must be non-empty and at most max_length=", max_length_);
+      spans.emplace_back(windows[i]);
+    }
+    const auto plans = plan_sequences(spans, false, sequence_options());
+    const auto H     = cfg_.hidden_size;
+    std::vector<device_buffer<float>> xs;
+    for (const auto& b : plans) {
+      const auto padded = round_up(b.rows(), options_.gemm_rows);
+      xs.emplace_back(padded * H, stream_);
+      xs.back().fill_bytes(0);
+      upload_plan(b);
+      embed(xs.back().data(), b.rows(), padded);
+    }
+    const layer_stage stages[4] = {layer_stage::qkv_input, layer_stage::o_input, layer_stage::up_input, layer_stage::down_input};
+    for (std::int64_t l = 0; l < cfg_.num_layers; ++l) {
+      auto& L           = layers_[static_cast<std::size_t>(l)];
+      const auto slices = slices_of(L);
+      for (const auto stage : stages) {
+        std::vector<const linear_slice*> members;
+        for (const auto& sl : slices) {
+          if (sl.input == stage) {
+            members.push_back(&sl);
+          }
+        }
+        const auto k = members.front()->lin->in;
+        quant::hessian_accumulator<half_t> acc(k, stream_);
+        const input_observer observe = [&](layer_stage st, const Act* in, std::int64_t rows, std::int64_t kk) {
+          if (st == stage) {
+            QPROB_CHECK_EQ(kk, k, "engine::quantize: input width");
+            acc.add(make_device_view(in, rows, kk));
+          }
+        };
+        for (std::size_t bi = 0; bi < plans.size(); ++bi) {
+          const auto rows   = plans[bi].rows();
+          const auto padded = round_up(rows, options_.gemm_rows);
+          upload_plan(plans[bi]);
+          float* scratch = x_.get(padded * H, stream_);  // run_layer may modify x before it stops
+          QPROB_CUDA_TRY(cudaMemcpyAsync(scratch, xs[bi].data(), static_cast<std::size_t>(padded * H) * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, stream_));
+          run_layer(l, scratch, rows, padded, &observe, stage);
+        }
+        const auto hess = acc.hessian();
+        std::vector<quantized_layer> group;
+        for (const auto* sl : members) {
+          group.push_back(quantize_slice<P>(l, *sl, hess.data(), settings));
+        }
+        emit(std::move(group));
+      }
+      for (std::size_t bi = 0; bi < plans.size(); ++bi) {  // the quantized layer's outputs feed the next layer
+        const auto rows = plans[bi].rows();
+        upload_plan(plans[bi]);
+        run_layer(l, xs[bi].data(), rows, round_up(rows, options_.gemm_rows), nullptr, layer_stage::all);
+      }
+    }
+    return out;
+  }
+
   // Declaration order matters: the stream outlives every buffer that frees on it.
   model::model_config cfg_;
   engine_options options_;
@@ -738,6 +1066,7 @@ private:
   int half_rotary_ = 0;
   int dpl_         = 1;
   std::int64_t current_window_ = 0;
+  float* x_cur_                = nullptr;  // the residual stream run_layer() works on
   std::int64_t weight_bytes_   = 0;
 
   device_buffer<token_id> tokens_dev_;

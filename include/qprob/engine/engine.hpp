@@ -11,6 +11,9 @@
 //   auto scores = e.score(reqs);                             // loglik, is_greedy, per-token log-probs
 #include <qprob/engine/plan.hpp>
 #include <qprob/model/config.hpp>
+#include <qprob/quant/checkpoint.hpp>
+#include <qprob/reference/gptq.hpp>
+#include <qprob/reference/rtn.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -63,6 +66,25 @@ struct engine_stats {
   std::int64_t forward_passes    = 0;
 };
 
+/// What engine::quantize does.
+struct quantize_settings {
+  bool use_gptq = true;          ///< GPTQ (needs calibration windows) or round-to-nearest
+  quant::runtime_policy policy;  ///< bits, group size, symmetry, act-order (a preset of quant::dispatch_policy)
+  gptq_options solver;           ///< damp_percent, static_groups, block size
+};
+
+/// One quantized block linear, in the checkpoint's layout: roles q, k, v (BLOOM: qkv, the fused head-interleaved
+/// query_key_value), o, gate, up, down.
+struct quantized_layer {
+  std::int64_t layer = 0;
+  model::tensor_role role = model::tensor_role::q;
+  reference::quantized_weight weight;  ///< codes, scales, zeros (true zero points), g_idx (act-order)
+  gptq_report report;                  ///< GPTQ's dampening, dead columns, loss (RTN: zeros)
+  double weight_mse = 0;               ///< mean (w - dequantized w)^2
+};
+
+using quantize_progress = std::function<void(std::size_t done, std::size_t total)>;
+
 namespace detail {
 class engine_impl;
 }
@@ -97,6 +119,17 @@ public:
   /// Full-vocabulary log-softmax rows of one window, streamed: on_row(t, row) for t = 0..T-1 in order.
   void window_logprobs(std::span<const token_id> window,
                        const std::function<void(std::int64_t, std::span<const float>)>& on_row);
+
+  /// Quantizes every block linear in place (the engine computes with the dequantized weights afterwards) and
+  /// returns the quantized layers in layer order, q k v (or qkv) o [gate] up down within a layer. GPTQ follows
+  /// AutoGPTQ with true_sequential: decoder layers in order, each layer's inputs computed by the already
+  /// quantized layers before it; within a layer the sub-groups [q k v] [o] [gate up] [down], each one's inputs
+  /// recomputed with the earlier sub-groups quantized; H = 2/tokens sum x x^T over every window position.
+  /// `windows`: calibration token windows (each at most max_length tokens), GPTQ only.
+  /// @throws invalid_argument for a bf16 engine (the solver's presets compute in fp16), a policy without a
+  ///         preset, GPTQ without windows, RTN with desc_act.
+  std::vector<quantized_layer> quantize(const quantize_settings& settings, std::span<const std::vector<token_id>> windows,
+                                        const quantize_progress& progress = {});
 
   [[nodiscard]] engine_stats stats() const;
 

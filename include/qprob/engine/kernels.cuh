@@ -201,18 +201,54 @@ __global__ void __launch_bounds__(kRowThreads) residual_kernel(float* __restrict
 
 // ---- q, k, v: bias and rotary -----------------------------------------------------------------------------------
 
+/// Phi's optional per-head LayerNorm of q and k (qk_layernorm): weights and biases of width head_dim.
+struct head_norms {
+  const float* q_w = nullptr;
+  const float* q_b = nullptr;
+  const float* k_w = nullptr;
+  const float* k_b = nullptr;
+  float eps        = 0.0f;
+};
+
 /// In place on one row of the fused q|k|v projection output ([rows, qd + 2 kvd], Act): adds the bias (float32,
-/// may be null), then rotates the first rotary_dim channels of every q and k head (GPT-NeoX pairing i <-> i +
-/// rotary_dim / 2) by position * inv_freq[i] (inv_freq null: no rotary).
+/// may be null), applies Phi's per-head q/k LayerNorm when `norms.q_w` is set (one warp per head), then rotates
+/// the first rotary_dim channels of every q and k head (GPT-NeoX pairing i <-> i + rotary_dim / 2) by
+/// position * inv_freq[i] (inv_freq null: no rotary).
 template <class Act>
 __global__ void __launch_bounds__(kRowThreads) qkv_kernel(Act* __restrict__ qkv, std::int64_t width, const float* __restrict__ bias,
                                                           const std::int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
-                                                          int half_rotary, int head_dim, int q_heads, int kv_heads) {
+                                                          int half_rotary, int head_dim, int q_heads, int kv_heads,
+                                                          head_norms norms) {
   const std::int64_t r = blockIdx.x;
   Act* row             = qkv + r * width;
   if (bias != nullptr) {
     for (std::int64_t i = threadIdx.x; i < width; i += blockDim.x) {
       row[i] = qprob::detail::from_float_device<Act>(load_f(row + i) + bias[i]);
+    }
+    __syncthreads();
+  }
+  if (norms.q_w != nullptr) {
+    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    for (int h = warp; h < q_heads + kv_heads; h += kRowThreads / 32) {
+      Act* head      = row + static_cast<std::int64_t>(h) * head_dim;
+      const bool isq = h < q_heads;
+      float s        = 0.0f;
+      for (int i = lane; i < head_dim; i += 32) {
+        s += load_f(head + i);
+      }
+      const float mean = warp_sum(s) / static_cast<float>(head_dim);
+      float v          = 0.0f;
+      for (int i = lane; i < head_dim; i += 32) {
+        const float d = load_f(head + i) - mean;
+        v += d * d;
+      }
+      const float inv = rsqrtf(warp_sum(v) / static_cast<float>(head_dim) + norms.eps);
+      const float* w  = isq ? norms.q_w : norms.k_w;
+      const float* b  = isq ? norms.q_b : norms.k_b;
+      for (int i = lane; i < head_dim; i += 32) {
+        const float y = (load_f(head + i) - mean) * inv * w[i] + (b == nullptr ? 0.0f : b[i]);
+        head[i]       = qprob::detail::from_float_device<Act>(y);
+      }
     }
     __syncthreads();
   }

@@ -12,7 +12,9 @@
 // the logit scale; we bound |logit - reference| by 20 u (fp16: ~1e-2, bf16: ~8e-2) times max(1, max |reference
 // logit|), and require the argmax to agree wherever the reference's top-two gap exceeds twice that bound.
 // stories260K's float32 weights are rounded to fp16 by the engine itself (another u per weight): same bound.
+#include <qprob/compare/cpu_quantizer.hpp>
 #include <qprob/engine/engine.hpp>
+#include <qprob/policy/presets.hpp>
 #include <qprob/eval/reference_scorer.hpp>
 #include <qprob/reference/forward.hpp>
 
@@ -42,9 +44,9 @@ double unit_roundoff(activation_type t) { return t == activation_type::f16 ? std
 /// The tiny model of `family` with every weight rounded to `t`, so that the reference sees the engine's weights.
 nlohmann::json write_rounded_model(const std::filesystem::path& dir, const std::string& family, activation_type t,
                                    std::uint64_t seed) {
-  auto cfg = qprob::test::tiny_config(family);
-  if (family == "phi") {
-    cfg["qk_layernorm"] = false;  // phi-1/1.5/2 ship without it; the engine refuses it (tested below)
+  auto cfg = qprob::test::tiny_config(family == "phi_noqk" ? "phi" : family);
+  if (family == "phi_noqk") {
+    cfg["qk_layernorm"] = false;  // phi-1/1.5/2 ship without it
   }
   auto w = qprob::test::tiny_weights(cfg, seed);
   for (auto& [name, v] : w) {
@@ -139,7 +141,7 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
   INFO("seed ", qprob::test::run_seed());
   qprob::test::temp_dir tmp("engine_families");
   for (const auto t : {activation_type::f16, activation_type::bf16}) {
-    for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi"}) {
+    for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi", "phi_noqk"}) {
       const auto dir = tmp.path() / (family + (t == activation_type::f16 ? "_f16" : "_bf16"));
       write_rounded_model(dir, family, t, rng());
       const auto ref = qprob::reference::reference_model::from_directory(dir);
@@ -170,10 +172,13 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
 
 TEST_CASE("the engine refuses what it does not implement, naming the field") {
   qprob::test::temp_dir tmp("engine_refuse");
-  const auto cfg = qprob::test::tiny_config("phi");  // qk_layernorm: true
-  qprob::test::write_model(tmp.path() / "phi", cfg, qprob::test::tiny_weights(cfg, 1));
-  CHECK_THROWS_WITH_AS((void)qprob::engine::engine::from_directory(tmp.path() / "phi"),
-                       doctest::Contains("qk_layernorm"), qprob::format_error);
+  auto cfg             = qprob::test::tiny_config("llama");
+  cfg["head_dim"]      = 288;  // above the attention kernel's 256
+  cfg["hidden_size"]   = 1152;
+  cfg["intermediate_size"] = 24;
+  qprob::test::write_model(tmp.path() / "wide", cfg, qprob::test::tiny_weights(cfg, 1));
+  CHECK_THROWS_WITH_AS((void)qprob::engine::engine::from_directory(tmp.path() / "wide"), doctest::Contains("head_dim"),
+                       qprob::format_error);
 }
 
 TEST_CASE("stories260K: logits, loglikelihoods and next tokens match the reference") {
@@ -322,9 +327,8 @@ TEST_CASE("scores are bit-identical whatever the batch, its order, prefix sharin
 }
 
 TEST_CASE("random engines at family shapes run, are deterministic in their seed and batch-invariant") {
-  for (const std::string family : {"llama", "opt", "bloom", "phi", "mistral", "opt350"}) {
-    auto cfg_json = qprob::test::tiny_config(family);
-    cfg_json["qk_layernorm"] = false;
+  for (const std::string family : {"llama", "opt", "bloom", "phi", "mistral", "opt350", "qwen2"}) {
+    const auto cfg_json = qprob::test::tiny_config(family);
     const auto cfg = qprob::model::parse_config(cfg_json, "config.json");
     auto a = qprob::engine::engine::random(cfg, {}, 3);
     auto b = qprob::engine::engine::random(cfg, {}, 3);
@@ -340,4 +344,117 @@ TEST_CASE("random engines at family shapes run, are deterministic in their seed 
     const auto both = a.score(r, true);
     CHECK(same_bits(both[1], a.score(std::span(r).subspan(1, 1), true)[0]));
   }
+}
+
+// ---- quantization on the GPU (engine::quantize) ------------------------------------------------------------------
+
+namespace {
+
+/// The checkpoint tensor of block linear (layer, role) rounded to fp16 as the engine loads it.
+std::vector<qprob::half_t> fp16_weight(const std::filesystem::path& dir, std::int64_t layer, qprob::model::tensor_role role) {
+  const auto cfg  = qprob::model::load_config(dir);
+  const auto ckpt = qprob::io::checkpoint::open(dir);
+  const auto map  = qprob::model::map_weights(cfg, ckpt);
+  const auto* info = map.find(role, qprob::model::tensor_part::weight, layer);
+  REQUIRE(info != nullptr);
+  return ckpt.read_as<qprob::half_t>(info->name);
+}
+
+}  // namespace
+
+TEST_CASE("engine RTN codes equal the host reference on the fp16 weights, BLOOM's fused qkv included") {
+  qprob::test::temp_dir tmp("engine_rtn");
+  for (const std::string family : {"llama", "bloom", "opt"}) {
+    const auto dir = tmp.path() / family;
+    write_rounded_model(dir, family, activation_type::f16, 11);
+    auto eng = qprob::engine::engine::from_directory(dir);
+    qprob::engine::quantize_settings s;
+    s.use_gptq = false;
+    s.policy   = qprob::quant::runtime_policy::of<qprob::policies::int4_g32>();  // tiny widths: partial groups
+    const auto before = eng.logits(ids{1, 2, 3, 4, 5});
+    const auto q      = eng.quantize(s, {});
+    CAPTURE(family);
+    REQUIRE(!q.empty());
+    std::size_t checked = 0;
+    for (const auto& ql : q) {
+      const auto w  = fp16_weight(dir, ql.layer, ql.role);
+      const auto hv = qprob::make_host_view(w.data(), ql.weight.n, ql.weight.k);
+      const auto r  = qprob::reference::rtn_quantize<qprob::policies::int4_g32, qprob::half_t>(hv);
+      CHECK(ql.weight.qweight == r.qweight);
+      CHECK(ql.weight.scales == r.scales);
+      CHECK(ql.weight.zeros == r.zeros);
+      CHECK(ql.weight_mse > 0.0);
+      checked += ql.role == qprob::model::tensor_role::qkv ? 1 : 0;
+    }
+    CHECK((family == "bloom") == (checked == 2));  // two layers, one fused qkv each
+    const auto after = eng.logits(ids{1, 2, 3, 4, 5});
+    CHECK(before != after);  // the engine now computes with the dequantized weights
+  }
+}
+
+TEST_CASE("engine GPTQ on stories260K agrees with the host quantizer and beats RTN") {
+  const auto shared = qprob::test::shared_dir();
+  if (!shared) {
+    MESSAGE("skipped: ../shared (QPROB_SHARED_DIR) not found");
+    return;
+  }
+  const auto dir = *shared / "models" / "stories260K";
+  auto rng       = qprob::test::make_rng(0x6917);
+  std::vector<ids> windows;
+  for (int i = 0; i < 8; ++i) {
+    windows.push_back(random_tokens(rng, 64, 512));
+  }
+  qprob::engine::quantize_settings s;
+  s.policy = qprob::quant::runtime_policy::of<qprob::policies::int4_g32>();
+  auto gptq_eng = qprob::engine::engine::from_directory(dir);
+  const auto g  = gptq_eng.quantize(s, windows);
+  s.use_gptq    = false;
+  auto rtn_eng  = qprob::engine::engine::from_directory(dir);
+  const auto r  = rtn_eng.quantize(s, {});
+  REQUIRE(g.size() == r.size());
+  REQUIRE(!g.empty());
+
+  // The host pipeline (double precision, compare/cpu_quantizer.hpp) on the same windows.
+  auto m = qprob::reference::reference_model::from_directory(dir);
+  qprob::compare::quantize_settings hs;
+  hs.method = qprob::compare::quant_method::gptq;
+  hs.policy = qprob::quant::runtime_policy::of<qprob::policies::int4_g32>();
+  std::vector<std::vector<std::int32_t>> hw(windows.begin(), windows.end());
+  const auto host = qprob::compare::quantize_model(m, qprob::compare::block_linears(dir), hs, hw);
+  std::size_t same = 0, total = 0;
+  for (const auto& ql : g) {
+    CHECK(std::isfinite(ql.report.loss));
+  }
+  const auto linears = qprob::compare::block_linears(dir);
+  for (std::size_t i = 0; i < linears.size(); ++i) {
+    const auto it = std::find_if(g.begin(), g.end(), [&](const auto& ql) { return ql.layer == linears[i].layer && ql.role == linears[i].role; });
+    REQUIRE(it != g.end());
+    const auto& a = it->weight;
+    const auto& b = host.layers[i].weight;
+    REQUIRE(a.qweight.size() == b.qweight.size());
+    for (std::size_t w = 0; w < a.qweight.size(); ++w) {
+      for (int nib = 0; nib < 8; ++nib) {
+        same += ((a.qweight[w] >> (4 * nib)) & 0xF) == ((b.qweight[w] >> (4 * nib)) & 0xF) ? 1 : 0;
+        ++total;
+      }
+    }
+  }
+  const double agree = static_cast<double>(same) / static_cast<double>(total);
+  MESSAGE("GPTQ codes: GPU (fp16 activations, float32 Hessians) vs host (double) agree on ", agree * 100, "% of ", total);
+  // Different activation precision changes the Hessians slightly; codes flip only near rounding boundaries.
+  CHECK(agree >= 0.95);
+
+  // GPTQ's purpose: the quantized model's outputs stay closer to the full model's than RTN's do.
+  auto full = qprob::engine::engine::from_directory(dir);
+  double err_gptq = 0, err_rtn = 0;
+  for (const auto& w : windows) {
+    const auto lf = full.logits(w), lg = gptq_eng.logits(w), lr = rtn_eng.logits(w);
+    for (std::size_t i = 0; i < lf.size(); ++i) {
+      err_gptq += (lg[i] - lf[i]) * (lg[i] - lf[i]);
+      err_rtn += (lr[i] - lf[i]) * (lr[i] - lf[i]);
+    }
+  }
+  MESSAGE("squared logit error vs the full model on the calibration windows: GPTQ ", err_gptq, ", RTN ", err_rtn);
+  CHECK(err_gptq > 0.0);
+  CHECK(err_gptq < err_rtn);
 }
