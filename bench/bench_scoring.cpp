@@ -9,6 +9,8 @@
 //   export QPROB_BENCH_REQUESTS=.shared/requests/llama2-hellaswag-400.json
 //   build/gpu/bench/bench_scoring --benchmark_format=json
 //
+// BM_gptq_model: the whole-model GPTQ of the same random model (issue: under 90 s for a 7B shape).
+//
 // Counters: tokens_per_s = request tokens (sum of lm-eval input lengths, what the transformers loop computes)
 // per second of wall time (score() returns with results on the host); rows_per_s = rows the engine actually
 // computed (prefix sharing: fewer); mfu = 2 * parameters * rows / time / 989.4e12 (H100 SXM dense fp16 peak);
@@ -105,9 +107,41 @@ void BM_score(benchmark::State& state) {
   (void)iterations;
 }
 
+/// Whole-model GPTQ (4-bit, group 128, sym, damp 0.01, true-sequential) of the random model on nsamples x seqlen
+/// random calibration tokens (QPROB_BENCH_NSAMPLES, default 128; seqlen 2048), the paper's setting: calibration
+/// forwards, Hessians and solves of every layer, timed as one wall-clock iteration.
+void BM_gptq_model(benchmark::State& state) {
+  const auto config_path = env_or("QPROB_BENCH_CONFIG", "bench/configs/llama-2-7b.json");
+  const auto nsamples    = std::stoll(env_or("QPROB_BENCH_NSAMPLES", "128"));
+  const auto cfg         = qprob::model::load_config(config_path);
+  std::vector<std::vector<token_id>> windows(static_cast<std::size_t>(nsamples), std::vector<token_id>(2048));
+  std::uint64_t z = 12345;
+  for (auto& w : windows) {
+    for (auto& t : w) {
+      z = z * 6364136223846793005ull + 1442695040888963407ull;
+      t = static_cast<token_id>((z >> 33) % static_cast<std::uint64_t>(cfg.vocab_size));
+    }
+  }
+  qprob::engine::quantize_settings s;
+  s.policy = {4, 128, true, false};
+  std::int64_t layers = 0;
+  for (auto _ : state) {
+    auto eng      = qprob::engine::engine::random(cfg, {}, 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto q  = eng.quantize(s, windows);
+    state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    layers = static_cast<std::int64_t>(q.size());
+    state.counters["peak_GiB"] = static_cast<double>(eng.stats().peak_pool_bytes) / (1024.0 * 1024.0 * 1024.0);
+  }
+  state.counters["linears"]  = static_cast<double>(layers);
+  state.counters["nsamples"] = static_cast<double>(nsamples);
+}
+
 }  // namespace
 
 // Args: max_batch_rows, prefix sharing (1) or not (0).
 BENCHMARK(BM_score)->Args({8192, 1})->Args({16384, 1})->Args({8192, 0})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+
+BENCHMARK(BM_gptq_model)->UseManualTime()->Unit(benchmark::kSecond)->Iterations(1);
 
 BENCHMARK_MAIN();

@@ -19,4 +19,23 @@ if [ "${1:-}" = "--tokenizers" ]; then
   copy "$shared/tokenizers" .shared/tokenizers
 fi
 copy /usr/include/nlohmann .deps/include/nlohmann
+
+# Requests as token ids (the GPU machine may lack the tokenizer's PCRE2/ICU): made here with the host-built
+# qprob-eval-<task> --write-requests (build/ci or build/host; tools/check.sh builds it).
+eval_bin=""
+for d in build/ci build/host build/dev; do
+  [ -x "$d/examples/qprob-eval-hellaswag" ] && { eval_bin="$d/examples"; break; }
+done
+if [ -n "$eval_bin" ]; then
+  mkdir -p .shared/requests
+  for task in arc_easy boolq hellaswag openbookqa piqa xstorycloze_en; do
+    "$eval_bin/qprob-eval-$task" --model "$shared/models/stories260K" --data "$shared/data" --limit 200 \
+      --write-requests ".shared/requests/stories260K-$task.json" > /dev/null
+  done
+  "$eval_bin/qprob-eval-hellaswag" --model "$shared/tokenizers/llama2-32k-legacy" --data "$shared/data" --limit 400 \
+    --write-requests .shared/requests/llama2-hellaswag-400.json > /dev/null
+  echo "stage-gpu: requests in .shared/requests: $(ls .shared/requests | tr '\n' ' ')"
+else
+  echo "stage-gpu: no host build with qprob-eval-* found; .shared/requests not made (run tools/check.sh first)" >&2
+fi
 du -sh .shared .deps | sed 's/^/stage-gpu: /'

@@ -14,9 +14,11 @@
 //   <out>/results_<task>.json    lm-eval's results layout + the calibration metrics
 // atomically, read both back, and print the summary. docs/tasks.md ("Outputs") describes the files.
 //
-// Limitations: --device cpu is the host reference forward pass (double precision, single-threaded): exact but
-// only practical for tiny models (stories260K, babyllama). --device cuda fails with exit status 2 until the
-// GPU engine exists. Probabilities in the calibration metrics are the softmax over each document's summed
+// Devices: --device cpu is the host reference forward pass (double precision, single-threaded): exact but
+// only practical for tiny models (stories260K, babyllama); --device cuda is the GPU engine (engine/engine.hpp,
+// fp16/bf16, prefix sharing, batch-invariant), which fails with a clear message where no GPU is usable.
+// --write-requests FILE writes every request as token ids (JSON) and exits without loading the model's
+// weights (only its tokenizer): the input of the GPU parity scripts and benchmarks. Probabilities in the calibration metrics are the softmax over each document's summed
 // choice log-likelihoods (the paper's); the results JSON also has the character-normalised ones.
 //
 //   qprob-eval-arc_easy --model ../shared/models/stories260K --data ../shared/data --limit 8 --out /tmp/eval
@@ -25,11 +27,15 @@
 //   qprob-eval-arc_easy ... --skip-missing      # exit 77 (ctest: skipped) when the model or data dir is absent
 //
 // Exit status: 0 with "Result: PASSED" when the run completed and the outputs validated; 1 with
-// "Result: FAILED" (or an error message) otherwise; 2 for usage errors (including --device cuda); 77 skipped.
+// "Result: FAILED" (or an error message) otherwise; 2 for usage errors; 77 skipped.
 #include <qprob/eval/evaluate.hpp>
 #include <qprob/eval/output.hpp>
 #include <qprob/eval/progress.hpp>
 #include <qprob/eval/reference_scorer.hpp>
+#if defined(QPROB_EVAL_WITH_ENGINE)
+#include <qprob/eval/gpu_scorer.hpp>
+#endif
+#include <qprob/io/atomic_file.hpp>
 #include <qprob/tasks/load.hpp>
 #include <qprob/tokenizer/tokenizer.hpp>
 
@@ -41,6 +47,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -58,8 +65,9 @@ struct options {
   std::filesystem::path data_dir;
   std::filesystem::path out_dir = ".";
   std::optional<std::size_t> limit;
-  std::size_t batch_size = 1;
+  std::optional<std::size_t> batch_size;  // default: 1 on cpu, 4096 on cuda
   std::string device     = "cpu";
+  std::filesystem::path write_requests;
   bool no_progress       = false;
   bool skip_missing      = false;
 };
@@ -110,14 +118,27 @@ std::vector<std::string> validate_outputs(const std::filesystem::path& samples, 
   return problems;
 }
 
-int run(const std::string& task, const options& opt) {
-  if (opt.device != "cpu") {
-    std::fprintf(stderr,
-                 "error: --device %s: the GPU engine is not built yet; only --device cpu (the host reference forward "
-                 "pass) is available\n",
-                 opt.device.c_str());
-    return exit_usage;
+/// Writes every request of the evaluated documents as token ids: {"task", "tokenizer", "documents",
+/// "requests": [{"doc", "choice", "context", "continuation"}], "contexts": [{"doc", "tokens"}]}.
+void write_requests_json(const std::filesystem::path& path, const std::string& task, const options& opt,
+                         std::size_t docs, const qprob::eval::task_requests& reqs) {
+  nlohmann::json j;
+  j["task"]      = task;
+  j["tokenizer"] = opt.model_dir.string();
+  j["documents"] = docs;
+  auto& rs       = j["requests"] = nlohmann::json::array();
+  for (std::size_t i = 0; i < reqs.loglikelihood.size(); ++i) {
+    rs.push_back({{"doc", reqs.slots[i].doc}, {"choice", reqs.slots[i].choice},
+                  {"context", reqs.loglikelihood[i].context}, {"continuation", reqs.loglikelihood[i].continuation}});
   }
+  auto& cs = j["contexts"] = nlohmann::json::array();
+  for (std::size_t i = 0; i < reqs.contexts.size(); ++i) {
+    cs.push_back({{"doc", reqs.context_docs[i]}, {"tokens", reqs.contexts[i]}});
+  }
+  qprob::io::write_file_atomic(path, j.dump() + "\n");
+}
+
+int run(const std::string& task, const options& opt) {
   for (const auto& dir : {opt.model_dir, opt.data_dir}) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec)) {
@@ -125,22 +146,44 @@ int run(const std::string& task, const options& opt) {
       return opt.skip_missing ? exit_skipped : exit_failed;
     }
   }
-  if (opt.batch_size == 0) {
+  const std::size_t batch_size = opt.batch_size.value_or(opt.device == "cuda" ? 4096 : 1);
+  if (batch_size == 0) {
     std::fprintf(stderr, "error: --batch-size must be at least 1\n");
     return exit_usage;
   }
 
   const auto data = qprob::tasks::load_task(task, opt.data_dir);  // the whole split: n-samples "original"
   const auto tok  = qprob::tokenizer::from_directory(opt.model_dir);
-  auto engine     = qprob::eval::reference_scorer::from_directory(opt.model_dir);
-  std::printf("task %s: %zu documents in %s\nmodel %s: %lld parameters, scorer %s, max_length %lld\n", task.c_str(),
-              data.docs.size(), data.file.c_str(), opt.model_dir.c_str(),
-              static_cast<long long>(engine.model().parameters()), engine.name().c_str(),
-              static_cast<long long>(engine.max_length()));
-
   qprob::eval::eval_options eo;
-  eo.batch_size = opt.batch_size;
+  eo.batch_size = batch_size;
   eo.limit      = opt.limit;
+  if (!opt.write_requests.empty()) {
+    const auto reqs = qprob::eval::encode_task_requests(data, tok, eo);
+    write_requests_json(opt.write_requests, task, opt, qprob::eval::documents_to_evaluate(data, eo), reqs);
+    std::printf("task %s: wrote %zu requests and %zu contexts to %s\nResult: PASSED\n", task.c_str(),
+                reqs.loglikelihood.size(), reqs.contexts.size(), opt.write_requests.c_str());
+    return 0;
+  }
+  std::unique_ptr<qprob::eval::scorer> scorer;
+  long long max_length = 0;
+  if (opt.device == "cuda") {
+#if defined(QPROB_EVAL_WITH_ENGINE)
+    auto g     = std::make_unique<qprob::eval::gpu_scorer>(qprob::engine::engine::from_directory(opt.model_dir));
+    max_length = static_cast<long long>(g->max_length());
+    scorer     = std::move(g);
+#else
+    std::fprintf(stderr, "error: --device cuda: this build has no GPU engine (configure with QPROB_ENABLE_CUDA=ON)\n");
+    return exit_usage;
+#endif
+  } else {
+    auto r     = std::make_unique<qprob::eval::reference_scorer>(qprob::reference::reference_model::from_directory(opt.model_dir));
+    max_length = static_cast<long long>(r->max_length());
+    scorer     = std::move(r);
+  }
+  auto& engine = *scorer;
+  std::printf("task %s: %zu documents in %s\nmodel %s: scorer %s, max_length %lld\n", task.c_str(), data.docs.size(),
+              data.file.c_str(), opt.model_dir.c_str(), engine.name().c_str(), max_length);
+
   qprob::eval::progress_bar bar(task, !opt.no_progress);
   const auto t0 = std::chrono::steady_clock::now();
   eo.progress = [&](std::size_t done, std::size_t total) { bar.update(done, total); };
@@ -159,7 +202,7 @@ int run(const std::string& task, const options& opt) {
   rc.model      = opt.model_dir.string();
   rc.scorer     = engine.name();
   rc.device     = opt.device;
-  rc.batch_size = opt.batch_size;
+  rc.batch_size = batch_size;
   rc.limit      = opt.limit;
   rc.data_dir   = opt.data_dir.string();
   qprob::eval::write_results_json(results_path, {summary}, rc, mo);
@@ -198,8 +241,12 @@ int qprob_examples::eval_main(const char* task, int argc, char** argv) {
   app.add_option("--data", opt.data_dir, "benchmark data directory (the layout of shared/data)")->required();
   app.add_option("--out", opt.out_dir, "output directory for samples_<task>.jsonl and results_<task>.json");
   app.add_option("--limit", opt.limit, "evaluate only the first N documents (lm-eval --limit N)")->check(CLI::PositiveNumber);
-  app.add_option("--batch-size", opt.batch_size, "requests per scorer call (results do not depend on it)");
-  app.add_option("--device", opt.device, "cpu (host reference) or cuda (not built yet)")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--batch-size", opt.batch_size,
+                 "requests per scorer call (results do not depend on it; default 1 on cpu, 4096 on cuda)");
+  app.add_option("--device", opt.device, "cpu (host reference, tiny models) or cuda (the GPU engine)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--write-requests", opt.write_requests,
+                 "write the requests as token ids to this JSON file and exit (no model weights needed)");
   app.add_flag("--no-progress", opt.no_progress, "no progress bar (it is also off when stderr is not a terminal)");
   app.add_flag("--skip-missing", opt.skip_missing, "exit 77 (skipped) instead of failing when --model or --data is absent");
   CLI11_PARSE(app, argc, argv);

@@ -3,6 +3,7 @@
 // checkpoint), evaluates the full and the quantized model zero-shot on multiple-choice tasks exactly like
 // lm-evaluation-harness, and writes every accuracy, calibration, confidence and divergence metric plus the
 // paired tests to <out>/results.json (docs/compare.md), with lm-eval-compatible samples_<task>_{full,quantized}.jsonl.
+// Next-token (Price-of-Efficiency) tasks (poe_boolq_tf, poe_toxicity) are scored by the greedy token over the vocabulary.
 // The job itself is qprob::compare::run_compare (include/qprob/compare/job.hpp); this file parses the command line.
 //
 //   qprob compare --device cpu --model ../shared/models/stories260K --data ../shared/data
@@ -156,7 +157,8 @@ int main(int argc, char** argv) {
   cmp->add_option("--seqlen", c.seqlen, "tokens per calibration window")->check(CLI::PositiveNumber);
   cmp->add_option("--seed", c.seed, "calibration window seed");
   cmp->add_option("--tasks", c.tasks, "comma-separated tasks: arc_easy,boolq,hellaswag,openbookqa,piqa,xstorycloze_en,"
-                                      "truthfulqa_mc1,truthfulqa_mc2,...")->required();
+                                      "truthfulqa_mc1,truthfulqa_mc2,... and the next-token (Price-of-Efficiency) tasks "
+                                      "poe_boolq_tf,poe_toxicity")->required();
   cmp->add_option("--data", c.data, "benchmark data directory (the layout of shared/data)")->required();
   cmp->add_option("--limit", c.limit, "evaluate only the first N documents of each task")->check(CLI::PositiveNumber);
   cmp->add_option("--batch-size", c.batch_size, "auto or N requests per scorer call (results do not depend on it)");

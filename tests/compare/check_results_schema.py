@@ -5,7 +5,8 @@
     check_results_schema.py OUT_DIR --tasks arc_easy,boolq --limit 8 [--shared DIR]
 
 Validates every required key and type, n > 0 (and n == --limit when given), probabilities and rates in [0, 1],
-p-values in [0, 1], entropies in [0, ln K], the conf_shift_by_bin entries, and that every
+p-values in [0, 1], entropies in [0, ln K] (next-token tasks: [0, ln V] over the vocabulary), the
+conf_shift_by_bin entries, the keys that must be absent from next-token tasks, and that every
 samples_<task>_{full,quantized}.jsonl has n parsable lines with lm-eval's keys. Exit 0: valid; 1: invalid (every
 problem printed); 77: skipped (--shared given and absent, so the run before was skipped too). stdlib only.
 """
@@ -61,14 +62,35 @@ def integer(obj, key, path, lo=None):
     return v
 
 
-def check_model(m, path, k):
-    for key in ("acc", "ece", "ace", "conf", "conf_true", "brier"):
-        number(m, key, path, 0.0, 2.0 if key == "brier" else 1.0)
-    number(m, "acc_norm", path, 0.0, 1.0, nullable=True)
+# Keys of a model block that a next-token task must not have: they need a distribution over the answers.
+CHOICE_ONLY_KEYS = ("acc_norm", "acc_norm_stderr", "conf_true", "brier", "nll")
+
+
+def check_model(m, path, k, next_token=False):
+    """k: choices (multiple-choice tasks) or the vocabulary size (next-token tasks)."""
+    if next_token:
+        for key in ("acc", "ece", "ace", "conf", "answer_rate"):
+            number(m, key, path, 0.0, 1.0)
+        for key in CHOICE_ONLY_KEYS:
+            if isinstance(m, dict) and key in m:
+                fail(f"{path}.{key}", "must be absent from a next-token task")
+    else:
+        for key in ("acc", "ece", "ace", "conf", "conf_true", "brier"):
+            number(m, key, path, 0.0, 2.0 if key == "brier" else 1.0)
+        number(m, "acc_norm", path, 0.0, 1.0, nullable=True)
     number(m, "conf_err", path, 0.0, 1.0, nullable=True)  # null when every prediction is right
+    number(m, "conf_correct", path, 0.0, 1.0, nullable=True)  # null when every prediction is wrong
+    acc, n_correct = number(m, "acc", path), integer(m, "n_correct", path, 0)
+    if acc is not None and n_correct is not None and isinstance(m.get("n"), int) and m["n"] > 0:
+        if abs(acc - n_correct / m["n"]) > 1e-12:
+            fail(f"{path}.acc", f"{acc} != n_correct / n = {n_correct / m['n']}")
+    wilson = get(m, "acc_wilson", path)
+    if not (isinstance(wilson, list) and len(wilson) == 2 and all(isinstance(x, (int, float)) for x in wilson)
+            and 0 <= wilson[0] <= wilson[1] <= 1):
+        fail(f"{path}.acc_wilson", f"expected [lower, upper] within [0, 1], got {wilson!r}")
     conf = m.get("conf") if isinstance(m, dict) else None
     if isinstance(conf, (int, float)) and conf < 1.0 / k - 1e-9:
-        fail(f"{path}.conf", f"{conf} below 1/K = {1.0 / k}")
+        fail(f"{path}.conf", f"{conf} below 1/{'V' if next_token else 'K'} = {1.0 / k}")
     ent = number(m, "entropy", path, 0.0, math.log(k))
     bits = number(m, "entropy_bits", path, 0.0, math.log2(k))
     x100 = number(m, "entropy_bits_x100", path, 0.0, 100 * math.log2(k))
@@ -132,6 +154,48 @@ def check_paired(p, path, n):
         fail(f"{path}.conf_shift_by_bin", f"counts sum to {total}, n is {n}")
 
 
+def check_next_token_paired(p, path, n):
+    agree = number(p, "agreement", path, 0.0, 1.0)
+    flip = number(p, "flip_rate", path, 0.0, 1.0)
+    if agree is not None and flip is not None and abs(agree + flip - 1.0) > 1e-12:
+        fail(f"{path}.flip_rate", f"{flip} != 1 - agreement")
+    c = get(p, "correctness", path)
+    if isinstance(c, dict):
+        total = sum(integer(c, key, f"{path}.correctness", 0) or 0
+                    for key in ("both_correct", "full_only", "quant_only", "both_wrong"))
+        if total != n:
+            fail(f"{path}.correctness", f"counts sum to {total}, n is {n}")
+    number(p, "mean_conf_shift", path, -1.0, 1.0)
+    number(p, "mean_entropy_shift", path)
+    for name in ("ttest_conf", "ttest_entropy"):
+        t = get(p, name, path)
+        if t is not None:
+            number(t, "t", f"{path}.{name}", nullable=True)  # null for n < 2 or 0/0
+            number(t, "p", f"{path}.{name}", 0.0, 1.0, nullable=True)
+    w = get(p, "wilcoxon_conf", path)
+    if w is not None:
+        number(w, "p", f"{path}.wilcoxon_conf", 0.0, 1.0, nullable=True)
+    check_p(p, path, "mcnemar")
+    for key in ("jsd", "kl", "js_distance", "ttest_conf_true"):
+        if key in p:
+            fail(f"{path}.{key}", "must be absent from a next-token task (no distribution over the answers)")
+    bins = get(p, "conf_shift_by_bin", path)
+    if not isinstance(bins, list) or not bins:
+        fail(f"{path}.conf_shift_by_bin", "expected a non-empty array")
+        return
+    total = 0
+    for i, b in enumerate(bins):
+        bp = f"{path}.conf_shift_by_bin[{i}]"
+        number(b, "lower", bp, 0, 1)
+        number(b, "upper", bp, 0, 1)
+        c = integer(b, "count", bp, 0)
+        total += c or 0
+        number(b, "mean_conf_shift", bp, -1, 1, nullable=(c == 0))
+        number(b, "se_conf_shift", bp, 0, None, nullable=(c is None or c < 2))
+    if total != n:
+        fail(f"{path}.conf_shift_by_bin", f"counts sum to {total}, n is {n}")
+
+
 def check_samples(out, task, which, n):
     f = os.path.join(out, f"samples_{task}_{which}.jsonl")
     try:
@@ -188,7 +252,17 @@ def main():
             fail(tp, "missing")
             continue
         n = integer(t, "n", tp, 1)
-        k = integer(t, "num_choices", tp, 2) or 2
+        kind = get(t, "kind", tp)
+        if kind is not None and kind not in ("loglikelihood", "next_token_vocab"):
+            fail(f"{tp}.kind", f"expected loglikelihood or next_token_vocab, got {kind!r}")
+        next_token = kind == "next_token_vocab"
+        if next_token:
+            k = integer(t, "vocab_size", tp, 2) or 2
+            answers = get(t, "answers", tp)
+            if not (isinstance(answers, list) and answers and all(isinstance(x, str) for x in answers)):
+                fail(f"{tp}.answers", f"expected a non-empty list of strings, got {answers!r}")
+        else:
+            k = integer(t, "num_choices", tp, 2) or 2
         if a.limit is not None and n is not None and n != a.limit:
             fail(f"{tp}.n", f"{n} != --limit {a.limit}")
         for which in ("full", "quantized"):
@@ -196,10 +270,10 @@ def main():
             if isinstance(m, dict):
                 if m.get("n") != n:
                     fail(f"{tp}.{which}.n", f"{m.get('n')} != {n}")
-                check_model(m, f"{tp}.{which}", k)
+                check_model(m, f"{tp}.{which}", k, next_token)
         p = get(t, "paired", tp)
         if isinstance(p, dict):
-            check_paired(p, f"{tp}.paired", n)
+            (check_next_token_paired if next_token else check_paired)(p, f"{tp}.paired", n)
         if n:
             check_samples(a.out, task, "full", n)
             check_samples(a.out, task, "quantized", n)

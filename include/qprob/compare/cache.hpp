@@ -10,7 +10,8 @@
 // stories260K (1 MiB) is therefore hashed byte for byte.
 //
 // An evaluation cache file <out>/cache/eval-<key>.json holds one task's eval_result (per document and choice:
-// loglik, is_greedy, token and character counts). key = sha256 of the canonical JSON of its key material
+// loglik, is_greedy, token and character counts; per next-token document: the generated token, its
+// log-probability, the full-vocabulary entropy and the decoded text, from which correctness is recomputed). key = sha256 of the canonical JSON of its key material
 // (model identity, task name and data-file identity, limit, scorer, max_length, encode options, qprob version).
 // The file stores the key material, the payload and the sha256 of the payload's JSON text; a file that does
 // not parse, has another key, a wrong checksum, or documents that do not match the task is ignored (with the
@@ -92,11 +93,15 @@ inline std::string read_range(const std::filesystem::path& p, std::uintmax_t off
 /// The key of a cache entry: sha256 of the canonical (sorted keys, compact) JSON of `material`.
 [[nodiscard]] inline std::string cache_key(const nlohmann::json& material) { return eval::sha256_hex(material.dump()); }
 
-/// The payload of an evaluation cache file (loglikelihood documents only).
+/// The payload of an evaluation cache file: per document "choices" [[loglik, is_greedy, num_tokens, char_len], ...]
+/// (loglikelihood) or "next" [token, logprob, entropy, text] (next_token_vocab).
 [[nodiscard]] inline nlohmann::json eval_payload(const eval::eval_result& r) {
   nlohmann::json docs = nlohmann::json::array();
   for (const auto& d : r.docs) {
-    QPROB_CHECK(d.kind == tasks::request_kind::loglikelihood, "eval cache: only loglikelihood documents are cached");
+    if (d.kind == tasks::request_kind::next_token_vocab) {
+      docs.push_back({{"doc_id", d.doc_id}, {"next", {d.next.token, d.next.logprob, d.next.entropy, d.next_text}}});
+      continue;
+    }
     nlohmann::json ch = nlohmann::json::array();
     for (const auto& c : d.choices) {
       ch.push_back({c.loglik, c.is_greedy, c.num_tokens, c.char_len});
@@ -161,11 +166,31 @@ inline void write_eval_cache(const std::filesystem::path& path, const nlohmann::
     }
     std::size_t requests = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const auto& d = docs[i];
+      const auto& d  = docs[i];
+      const auto& td = task.docs[i];
       eval::doc_result dr;
       dr.doc_id = d.at("doc_id").get<std::size_t>();
-      dr.kind   = tasks::request_kind::loglikelihood;
-      if (dr.doc_id != task.docs[i].doc_id || d.at("choices").size() != task.docs[i].choices.size()) {
+      dr.kind   = td.kind;
+      if (dr.doc_id != td.doc_id || d.contains("next") != (td.kind == tasks::request_kind::next_token_vocab)) {
+        return fail("document " + std::to_string(i) + " does not match the task data");
+      }
+      if (td.kind == tasks::request_kind::next_token_vocab) {
+        const auto& nx     = d.at("next");
+        dr.next.token      = nx.at(0).get<eval::token_id>();
+        dr.next.logprob    = nx.at(1).get<double>();
+        dr.next.entropy    = nx.at(2).get<double>();
+        dr.next_text       = nx.at(3).get<std::string>();
+        if (nx.size() != 4 || dr.next.token < 0 || !std::isfinite(dr.next.logprob) || dr.next.logprob > 0 ||
+            !std::isfinite(dr.next.entropy) || dr.next.entropy < 0) {
+          return fail("document " + std::to_string(i) + " has an impossible value");
+        }
+        // Correctness is a function of the text and the task's answers: recomputed, not stored.
+        dr.next_correct = td.gold < td.choices.size() && eval::next_token_matches(dr.next_text, td.choices[td.gold]);
+        r.docs.push_back(std::move(dr));
+        ++requests;
+        continue;
+      }
+      if (d.at("choices").size() != td.choices.size()) {
         return fail("document " + std::to_string(i) + " does not match the task data");
       }
       for (const auto& c : d.at("choices")) {

@@ -7,12 +7,19 @@
 // quantizer will implement the same steps on the device.
 //
 // GPTQ follows AutoGPTQ's quantize() with true_sequential=True: decoder layers in order; within a layer the
-// sub-groups [q, k, v] -> [o] -> [gate, up] -> [down] (no gate for plain MLPs); before each sub-group the
+// sub-groups [q, k, v] -> [o] -> [gate, up] -> [down] (no gate for plain MLPs; BLOOM: [query_key_value] ->
+// [dense] -> [dense_h_to_4h] -> [dense_4h_to_h], AutoGPTQ's inside_layer_modules); before each sub-group the
 // inputs of its linears are recomputed on every calibration window by a forward pass of the model in which all
 // previously quantized linears already hold their dequantized weights (so quantization error propagates, as in
 // AutoGPTQ). Each window is one "batch" of AutoGPTQ's add_batch: H = 2/nsamples * sum over windows and positions
 // of x x^T (the 1/nsamples scale does not change GPTQ's result; damping is relative to mean(diag H)).
 // Cost: (layers * sub-groups) full forward passes over the calibration windows; fine for tiny models only.
+//
+// BLOOM's fused, head-interleaved query_key_value is ONE linear layer here, as in AutoGPTQ and GPTQModel: the
+// [3 * hidden, hidden] matrix (rows in the checkpoint's order, model/weights.hpp bloom_qkv_row) is quantized with
+// one Hessian (its input is the attention norm's output, which the reference model reports for q, k and v
+// alike) and saved under its own name "transformer.h.<i>.self_attention.query_key_value". The reference model
+// holds q, k and v split; fused_weight() / install_weight() convert between the two layouts.
 // Layer: compare (host only).
 
 #include <qprob/core/error.hpp>
@@ -28,6 +35,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -35,6 +43,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qprob::compare {
@@ -47,13 +56,14 @@ enum class quant_method { rtn, gptq };
 struct block_linear {
   std::string name;  ///< Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
   std::int64_t layer = 0;
-  model::tensor_role role = model::tensor_role::q;
+  model::tensor_role role = model::tensor_role::q;  ///< q, k, v, qkv (BLOOM's fused query_key_value), o, ...
   std::int64_t n = 0;  ///< output features
   std::int64_t k = 0;  ///< input features
 };
 
-/// Every quantizable linear of the transformer blocks of the checkpoint in `model_dir`, in layout order.
-/// @throws invalid_argument for BLOOM's fused query_key_value (not supported on the CPU path).
+/// Every quantizable linear of the transformer blocks of the checkpoint in `model_dir`, in layout order
+/// (BLOOM: query_key_value as one [3 * hidden, hidden] linear of role qkv).
+/// @throws format_error / invalid_argument for an unreadable model or one without block linears.
 [[nodiscard]] inline std::vector<block_linear> block_linears(const std::filesystem::path& model_dir) {
   const auto cfg  = model::load_config(model_dir);
   const auto ckpt = io::checkpoint::open(model_dir);
@@ -63,8 +73,6 @@ struct block_linear {
     if (t.info == nullptr || t.slot.part != model::tensor_part::weight || !quant::detail::is_quantized_role(t.slot.role)) {
       continue;
     }
-    QPROB_CHECK(t.slot.role != model::tensor_role::qkv, "compare: ", model_dir.string(),
-                ": fused query_key_value (BLOOM) is not supported by the CPU quantizer");
     out.push_back({quant::detail::module_name(t.slot), t.slot.layer, t.slot.role, t.slot.shape[0], t.slot.shape[1]});
   }
   QPROB_CHECK(!out.empty(), "compare: ", model_dir.string(), " has no block linear layer to quantize");
@@ -74,6 +82,9 @@ struct block_linear {
 /// AutoGPTQ's true-sequential sub-groups of one decoder layer.
 [[nodiscard]] inline std::vector<std::vector<model::tensor_role>> sequential_groups(const model::model_config& c) {
   using R = model::tensor_role;
+  if (c.model_family == model::family::bloom) {
+    return {{R::qkv}, {R::o}, {R::up}, {R::down}};
+  }
   if (c.gated_mlp) {
     return {{R::q, R::k, R::v}, {R::o}, {R::gate, R::up}, {R::down}};
   }
@@ -119,7 +130,73 @@ namespace detail {
   return a.empty() ? 0.0 : s / static_cast<double>(a.size());
 }
 
+/// The inverse of model::split_bloom_qkv: q, k and v, each [num_heads * head_dim, cols] in head-major order,
+/// interleaved per head into the fused [3 * num_heads * head_dim, cols] layout of query_key_value.
+[[nodiscard]] inline std::vector<double> fuse_bloom_qkv(std::span<const double> q, std::span<const double> k,
+                                                        std::span<const double> v, std::int64_t num_heads,
+                                                        std::int64_t head_dim, std::int64_t cols) {
+  const auto part = static_cast<std::size_t>(num_heads * head_dim * cols);
+  QPROB_CHECK(q.size() == part && k.size() == part && v.size() == part, "fuse_bloom_qkv: q, k and v must each hold ",
+              part, " values, got ", q.size(), ", ", k.size(), ", ", v.size());
+  std::vector<double> fused(3 * part);
+  const std::span<const double> parts[3] = {q, k, v};
+  for (std::int64_t h = 0; h < num_heads; ++h) {
+    for (int which = 0; which < 3; ++which) {
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        const auto src = static_cast<std::size_t>((h * head_dim + d) * cols);
+        const auto dst = static_cast<std::size_t>(model::bloom_qkv_row(which, h, d, head_dim) * cols);
+        std::copy_n(parts[which].begin() + static_cast<std::ptrdiff_t>(src), cols, fused.begin() + static_cast<std::ptrdiff_t>(dst));
+      }
+    }
+  }
+  return fused;
+}
+
 }  // namespace detail
+
+/// The current [n, k] weight of block linear `role` of `layer` of `m` in the checkpoint's layout: BLOOM's qkv
+/// is fused back from the model's q, k and v (bloom_qkv_row order); any other role is the model's weight.
+/// @throws invalid_argument as reference_model::linear_at.
+[[nodiscard]] inline std::vector<double> fused_weight(const reference::reference_model& m, std::int64_t layer,
+                                                      model::tensor_role role) {
+  if (role != model::tensor_role::qkv) {
+    return m.linear_at(layer, role).w;
+  }
+  const auto& c = m.config();
+  const auto& q = m.linear_at(layer, model::tensor_role::q);
+  return detail::fuse_bloom_qkv(q.w, m.linear_at(layer, model::tensor_role::k).w,
+                                m.linear_at(layer, model::tensor_role::v).w, c.num_heads, c.head_dim, q.in);
+}
+
+/// The [n, k] shape of block linear `role` of `layer` in the checkpoint's layout (qkv: 3 * q's rows).
+[[nodiscard]] inline std::pair<std::int64_t, std::int64_t> linear_shape(const reference::reference_model& m,
+                                                                        std::int64_t layer, model::tensor_role role) {
+  const bool fused = role == model::tensor_role::qkv;
+  const auto& l    = m.linear_at(layer, fused ? model::tensor_role::q : role);
+  return {fused ? 3 * l.out : l.out, l.in};
+}
+
+/// Replaces block linear `role` of `layer` of `m` by `w` ([n, k] in the checkpoint's layout): BLOOM's fused qkv
+/// is split into the model's q, k and v (model::split_bloom_qkv); biases are kept.
+/// @throws invalid_argument as reference_model::set_linear_weight.
+inline void install_weight(reference::reference_model& m, std::int64_t layer, model::tensor_role role,
+                           std::vector<double> w) {
+  using R = model::tensor_role;
+  if (role != R::qkv) {
+    m.set_linear_weight(layer, role, std::move(w));
+    return;
+  }
+  const auto& c    = m.config();
+  const auto [n, k] = linear_shape(m, layer, role);
+  QPROB_CHECK(static_cast<std::int64_t>(w.size()) == n * k, "install_weight: layer ", layer, " query_key_value is [",
+              n, ", ", k, "] but ", w.size(), " values were given");
+  const auto part = static_cast<std::size_t>(n / 3 * k);
+  std::vector<double> q(part), kk(part), v(part);
+  model::split_bloom_qkv<double>(w, c.num_heads, c.head_dim, k, q, kk, v);
+  m.set_linear_weight(layer, R::q, std::move(q));
+  m.set_linear_weight(layer, R::k, std::move(kk));
+  m.set_linear_weight(layer, R::v, std::move(v));
+}
 
 /// Quantizes every linear of `linears` of the model `m` (RTN: weights only; GPTQ: with the calibration
 /// `windows`, see the header comment). `m` is left with the dequantized weights in place of the quantized ones,
@@ -145,10 +222,12 @@ inline quantize_result quantize_model(reference::reference_model& m, const std::
   }
   // Quantizes linear i given its Hessian (nullptr for RTN) and installs its dequantized weight.
   const auto quantize_one = [&](std::size_t i, const std::vector<double>* hessian) {
-    const auto& bl = linears[i];
-    const auto& lw = m.linear_at(bl.layer, bl.role);
-    QPROB_CHECK(lw.out == bl.n && lw.in == bl.k, "compare: ", bl.name, " shape mismatch between checkpoint and model");
-    const auto w = make_host_view(lw.w.data(), bl.n, bl.k);
+    const auto& bl      = linears[i];
+    const auto [mn, mk] = linear_shape(m, bl.layer, bl.role);
+    QPROB_CHECK(mn == bl.n && mk == bl.k, "compare: ", bl.name, " is [", bl.n, ", ", bl.k, "] in the checkpoint but [",
+                mn, ", ", mk, "] in the model");
+    const auto current = fused_weight(m, bl.layer, bl.role);
+    const auto w       = make_host_view(current.data(), bl.n, bl.k);
     layer_report rep;
     rep.name = bl.name;
     reference::quantized_weight q;
@@ -169,8 +248,8 @@ inline quantize_result quantize_model(reference::reference_model& m, const std::
       q                = std::move(r.weight);
     }
     auto deq       = detail::dequantized(q, s.policy);
-    rep.weight_mse = detail::mse(lw.w, deq);
-    m.set_linear_weight(bl.layer, bl.role, std::move(deq));
+    rep.weight_mse = detail::mse(current, deq);
+    install_weight(m, bl.layer, bl.role, std::move(deq));
     out.layers[i]  = {bl.name, std::move(q)};
     out.reports[i] = std::move(rep);
     ++done;
@@ -204,6 +283,10 @@ inline quantize_result quantize_model(reference::reference_model& m, const std::
       const auto observe = [&](std::int64_t l, model::tensor_role role, std::span<const double> x, std::int64_t rows) {
         if (l != layer) {
           return;
+        }
+        // BLOOM: the model reports the fused layer's one input as q's (and again as k's and v's: skipped).
+        if (role == model::tensor_role::q && hessians.contains(model::tensor_role::qkv)) {
+          role = model::tensor_role::qkv;
         }
         const auto it = hessians.find(role);
         if (it == hessians.end()) {
@@ -243,7 +326,8 @@ inline quantize_result quantize_model(reference::reference_model& m, const std::
   return out;
 }
 
-/// Replaces every block linear of `m` named in `ckpt` by its dequantized fp16 weight (widened to double). The
+/// Replaces every block linear of `m` named in `ckpt` by its dequantized fp16 weight (widened to double; BLOOM's
+/// fused query_key_value is split into q, k and v). The
 /// checkpoint must describe the same architecture (layers and shapes); its fp16 copies of the other tensors are
 /// not used: the quantized model keeps `m`'s embeddings, norms and head.
 /// @throws invalid_argument when the checkpoint does not fit `m` or quantizes no layer.
@@ -256,11 +340,10 @@ inline void apply_dequantized(reference::reference_model& m, const quant::gptq_c
               c.num_layers, " layers, hidden ", c.hidden_size, ", vocab ", c.vocab_size, ")");
   QPROB_CHECK(!ckpt.layers.empty(), "compare: ", ckpt.dir.string(), " has no quantized layer");
   for (const auto& l : ckpt.layers) {
-    QPROB_CHECK(l.role != model::tensor_role::qkv, "compare: ", l.name, ": fused qkv is not supported on the CPU path");
-    const auto& lw = m.linear_at(l.layer, l.role);
-    QPROB_CHECK(lw.out == l.weight.n && lw.in == l.weight.k, "compare: ", ckpt.dir.string(), ": ", l.name, " is [",
-                l.weight.n, ", ", l.weight.k, "] but the model's is [", lw.out, ", ", lw.in, "]");
-    m.set_linear_weight(l.layer, l.role, detail::dequantized(l.weight, ckpt.quant.policy));
+    const auto [n, k] = linear_shape(m, l.layer, l.role);
+    QPROB_CHECK(n == l.weight.n && k == l.weight.k, "compare: ", ckpt.dir.string(), ": ", l.name, " is [", l.weight.n,
+                ", ", l.weight.k, "] but the model's is [", n, ", ", k, "]");
+    install_weight(m, l.layer, l.role, detail::dequantized(l.weight, ckpt.quant.policy));
   }
 }
 

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 // The `qprob compare` job: evaluate a full model and its quantized version on multiple-choice tasks the way
-// lm-evaluation-harness does, then compute every per-model metric and the paired statistics per task, and write
+// lm-evaluation-harness does (and on next-token Price-of-Efficiency tasks: the greedy next token over the whole
+// vocabulary, eval::scorer::next_token), then compute every per-model metric and the paired statistics per task,
+// and write
 //   <out>/results.json                          the numbers (docs/compare.md lists every key)
 //   <out>/samples_<task>_{full,quantized}.jsonl lm-eval --log_samples lines (+ a "qprob" block)
 //   <out>/quantized/                            the GPTQ checkpoint (when the job quantized the model)
@@ -79,40 +81,15 @@ struct compare_outcome {
 
 namespace job_detail {
 
-inline ojson number(double x) { return std::isfinite(x) ? ojson(x) : ojson(nullptr); }
+inline ojson number(double x) { return eval::json_number(x); }
 
+/// One model's block of a multiple-choice task: eval::model_metrics_json plus the task's MC2 where defined.
 inline ojson model_block(const metrics::model_metrics& m, const eval::task_summary& s) {
-  ojson o;
-  o["n"]                 = m.n;
-  o["acc"]               = number(m.acc);
-  o["acc_stderr"]        = number(m.acc_stderr);
-  o["acc_norm"]          = number(m.acc_norm);
-  o["acc_norm_stderr"]   = number(m.acc_norm_stderr);
-  o["ece"]               = number(m.ece);
-  o["ace"]               = number(m.ace);
-  o["mce"]               = number(m.mce);
-  o["rmsce"]             = number(m.rmsce);
-  o["conf"]              = number(m.conf);
-  o["conf_correct"]      = number(m.conf_correct);
-  o["conf_err"]          = number(m.conf_err);
-  o["conf_true"]         = number(m.conf_true);
-  o["entropy"]           = number(m.entropy);
-  o["entropy_bits"]      = number(m.entropy_bits);
-  o["entropy_bits_x100"] = number(m.entropy_bits * 100.0);
-  o["brier"]             = number(m.brier);
-  o["nll"]               = number(m.nll);
-  o["n_correct"]         = m.n_correct;
-  o["acc_wilson"]        = ojson{number(m.acc_wilson.lower), number(m.acc_wilson.upper)};
+  ojson o = eval::model_metrics_json(m);
   if (!std::isnan(s.mc2)) {
     o["mc2"]        = number(s.mc2);
     o["mc2_stderr"] = number(s.mc2_stderr);
   }
-  ojson bins = ojson::array();
-  for (const auto& b : m.reliability) {
-    bins.push_back(ojson{{"lower", b.lower}, {"upper", b.upper}, {"count", b.count}, {"conf", number(b.mean_conf)},
-                         {"acc", number(b.accuracy)}});
-  }
-  o["reliability"] = std::move(bins);
   return o;
 }
 
@@ -163,6 +140,93 @@ inline ojson paired_block(const metrics::paired_metrics& p, const metrics::choic
                          {"mean_true_shift", number(b.mean_true_shift)}, {"se_true_shift", number(b.stderr_true_shift)}});
   }
   o["conf_shift_by_bin"] = std::move(bins);
+  return o;
+}
+
+/// The per-document numbers of a next-token (Price-of-Efficiency) result.
+struct next_token_samples {
+  std::vector<double> conf;             ///< probability of the generated (greedy) token
+  std::vector<double> entropy;          ///< entropy of the full-vocabulary softmax, nats
+  std::vector<eval::token_id> token;    ///< the generated token
+  std::vector<std::uint8_t> correct;    ///< the gold answer is contained in the decoded token
+  std::int64_t answered = 0;            ///< documents whose token matches one of the task's answer strings
+};
+
+inline next_token_samples next_token_view(const tasks::task_data& t, const eval::eval_result& r) {
+  next_token_samples s;
+  for (std::size_t i = 0; i < r.docs.size(); ++i) {
+    const auto& d = r.docs[i];
+    s.conf.push_back(std::exp(d.next.logprob));
+    s.entropy.push_back(d.next.entropy);
+    s.token.push_back(d.next.token);
+    s.correct.push_back(d.next_correct ? 1 : 0);
+    bool any = false;
+    for (const auto& a : t.docs[i].choices) {
+      any = any || eval::next_token_matches(d.next_text, a);
+    }
+    s.answered += any ? 1 : 0;
+  }
+  return s;
+}
+
+/// One model's block of a next-token task: the keys of eval::model_metrics_json that are defined for a
+/// full-vocabulary distribution (no acc_norm, conf_true, brier, nll: there is no distribution over the
+/// answers), plus answer_rate.
+inline ojson next_token_model_block(const metrics::model_metrics& m, const next_token_samples& s) {
+  ojson o = eval::model_metrics_json(m);
+  for (const char* key : {"acc_norm", "acc_norm_stderr", "conf_true", "brier", "nll"}) {
+    o.erase(key);
+  }
+  o["answer_rate"] = number(static_cast<double>(s.answered) / static_cast<double>(s.conf.size()));
+  return o;
+}
+
+/// The paired block of a next-token task (docs/compare.md): agreement of the generated tokens, the 2x2
+/// correctness table with McNemar's test, and the shifts of confidence and entropy with paired tests. No
+/// divergence: the scorer keeps the generated token's probability and the entropy, not the whole distribution.
+inline ojson next_token_paired_block(const next_token_samples& f, const next_token_samples& q,
+                                     const metrics::metric_options& mo, std::int64_t vocab_size) {
+  const auto n = static_cast<std::int64_t>(f.conf.size());
+  QPROB_CHECK(n > 0 && static_cast<std::int64_t>(q.conf.size()) == n, "compare: next-token results of ", n, " and ",
+              q.conf.size(), " documents cannot be paired");
+  std::int64_t same = 0, both = 0, full_only = 0, quant_only = 0, neither = 0;
+  double dconf = 0, dent = 0;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    same += f.token[k] == q.token[k] ? 1 : 0;
+    both += f.correct[k] && q.correct[k] ? 1 : 0;
+    full_only += f.correct[k] && !q.correct[k] ? 1 : 0;
+    quant_only += !f.correct[k] && q.correct[k] ? 1 : 0;
+    neither += !f.correct[k] && !q.correct[k] ? 1 : 0;
+    dconf += q.conf[k] - f.conf[k];
+    dent += q.entropy[k] - f.entropy[k];
+  }
+  const double nn = static_cast<double>(n);
+  ojson o;
+  o["n"]                  = n;
+  o["agreement"]          = number(static_cast<double>(same) / nn);
+  o["flip_rate"]          = number(static_cast<double>(n - same) / nn);
+  o["correctness"]        = ojson{{"both_correct", both}, {"full_only", full_only}, {"quant_only", quant_only},
+                                  {"both_wrong", neither}};
+  o["mean_conf_shift"]    = number(dconf / nn);
+  o["mean_entropy_shift"] = number(dent / nn);
+  o["ttest_conf"]         = t_test_json(metrics::paired_t_test(f.conf, q.conf, mo.alpha));
+  o["ttest_entropy"]      = t_test_json(metrics::paired_t_test(f.entropy, q.entropy, mo.alpha));
+  const auto w            = metrics::wilcoxon_signed_rank(f.conf, q.conf, mo.wilcoxon, mo.alpha);
+  o["wilcoxon_conf"]      = ojson{{"statistic", number(w.statistic)}, {"p", number(w.p)}, {"exact", w.exact},
+                                  {"significant", w.significant}};
+  const auto mc           = metrics::mcnemar_test(full_only, quant_only, mo.mcnemar, mo.alpha);
+  o["mcnemar"]            = ojson{{"b", mc.b}, {"c", mc.c}, {"statistic", number(mc.statistic)}, {"p", number(mc.p)},
+                                  {"significant", mc.significant}};
+  // A greedy token's probability is at least 1/V: bins over [1/V, 1], as the choice tasks use [1/K, 1].
+  const auto bins = metrics::confidence_shift_by_bin(f.conf, q.conf, f.conf, q.conf, mo.shift_bins,
+                                                     1.0 / static_cast<double>(vocab_size));
+  ojson jb = ojson::array();
+  for (const auto& b : bins) {
+    jb.push_back(ojson{{"lower", b.lower}, {"upper", b.upper}, {"count", b.count},
+                       {"mean_conf_shift", number(b.mean_conf_shift)}, {"se_conf_shift", number(b.stderr_conf_shift)}});
+  }
+  o["conf_shift_by_bin"] = std::move(jb);
   return o;
 }
 
@@ -228,8 +292,6 @@ inline compare_outcome run_compare(const compare_options& opt) {
   for (const auto& name : opt.tasks) {
     auto t = tasks::load_task(name, opt.data_dir);
     QPROB_CHECK(!t.docs.empty(), "compare: task ", name, " has no documents in ", t.file.string());
-    QPROB_CHECK(t.docs.front().kind == tasks::request_kind::loglikelihood, "compare: task ", name,
-                " is a next-token (Price-of-Efficiency) task; compare supports multiple-choice tasks only");
     task_data.push_back(std::move(t));
   }
   const auto tok        = tokenizer::from_directory(opt.model_dir);
@@ -261,7 +323,9 @@ inline compare_outcome run_compare(const compare_options& opt) {
       km["n"]          = n;
       km["scorer"]     = engine.name();
       km["max_length"] = max_length;
-      km["encode"]     = "lm-eval defaults (add_bos_token unset, prefix token BOS)";
+      km["encode"]     = t.docs.front().kind == tasks::request_kind::next_token_vocab
+                             ? "tokenizer.encode(prompt, add_special_tokens=true); greedy next token over the vocabulary"
+                             : "lm-eval defaults (add_bos_token unset, prefix token BOS)";
       km["qprob"]      = version_string;
       const auto key   = cache_key(km);
       const auto path  = opt.out_dir / "cache" / ("eval-" + key + ".json");
@@ -408,27 +472,42 @@ inline compare_outcome run_compare(const compare_options& opt) {
     const auto& rq = quant_results[i];
     const auto sf  = eval::summarize(t, rf, mo, t.docs.size());
     const auto sq  = eval::summarize(t, rq, mo, t.docs.size());
-    const auto cf  = eval::to_choice_scores(t, rf);
-    const auto cq  = eval::to_choice_scores(t, rq);
-    auto pmo       = mo;
-    pmo.score      = metrics::scoring::sum;
-    const auto pm  = metrics::compute_paired_metrics_reference(cf.view(), cq.view(), pmo);
     const auto samples_full  = "samples_" + t.task + "_full.jsonl";
     const auto samples_quant = "samples_" + t.task + "_quantized.jsonl";
     eval::write_samples_jsonl(opt.out_dir / samples_full, t, rf);
     eval::write_samples_jsonl(opt.out_dir / samples_quant, t, rq);
     ojson tj;
+    tj["kind"]       = std::string(tasks::request_kind_name(sf.kind));
     tj["n"]          = sf.n;
     tj["n_original"] = sf.n_original;
+    ojson lm         = ojson::array();
+    for (const auto m : sf.metrics) {
+      lm.push_back(m == tasks::metric::mc2 ? "mc2" : std::string(tasks::metric_name(m)));
+    }
+    if (sf.kind == tasks::request_kind::next_token_vocab) {
+      // Price-of-Efficiency: one greedy token over the whole vocabulary per document (docs/compare.md).
+      const auto nf     = job_detail::next_token_view(t, rf);
+      const auto nq     = job_detail::next_token_view(t, rq);
+      tj["answers"]     = t.docs.front().choices;
+      tj["vocab_size"]  = full.model().vocab_size();
+      tj["lm_eval_metrics"] = std::move(lm);
+      tj["full"]        = job_detail::next_token_model_block(sf.sum, nf);
+      tj["quantized"]   = job_detail::next_token_model_block(sq.sum, nq);
+      tj["paired"]      = job_detail::next_token_paired_block(nf, nq, mo, full.model().vocab_size());
+      tj["samples"]     = ojson{{"full", samples_full}, {"quantized", samples_quant}};
+      tasks_json[t.task] = std::move(tj);
+      continue;
+    }
+    const auto cf  = eval::to_choice_scores(t, rf);
+    const auto cq  = eval::to_choice_scores(t, rq);
+    auto pmo       = mo;
+    pmo.score      = metrics::scoring::sum;
+    const auto pm  = metrics::compute_paired_metrics_reference(cf.view(), cq.view(), pmo);
     std::int64_t kmax = 0;
     for (std::size_t d = 0; d + 1 < cf.offsets.size(); ++d) {
       kmax = std::max(kmax, cf.offsets[d + 1] - cf.offsets[d]);
     }
     tj["num_choices"] = kmax;
-    ojson lm         = ojson::array();
-    for (const auto m : sf.metrics) {
-      lm.push_back(m == tasks::metric::mc2 ? "mc2" : std::string(tasks::metric_name(m)));
-    }
     tj["lm_eval_metrics"] = std::move(lm);
     auto fb = job_detail::model_block(sf.sum, sf);
     auto qb = job_detail::model_block(sq.sum, sq);
@@ -464,6 +543,10 @@ inline compare_outcome run_compare(const compare_options& opt) {
   mob["alpha"]            = mo.alpha;
   mob["shift_bins"]       = mo.shift_bins;
   mob["mcnemar"]          = "exact_binomial";
+  mob["next_token"]       = ojson{{"probabilities", "softmax over the full vocabulary at the prompt's last position; "
+                                                    "conf = probability of the greedy token"},
+                                  {"correct", "gold answer.strip().lower() in decoded token.strip().lower()"},
+                                  {"ace", "equal_mass_top_label"}, {"ace_ranges", mo.ace_ranges}};
   doc["settings"] = ojson{{"tasks", opt.tasks}, {"data_dir", opt.data_dir.string()},
                           {"limit", opt.limit ? ojson(*opt.limit) : ojson(nullptr)}, {"batch_size", opt.batch_size_arg},
                           {"num_fewshot", 0}, {"max_length", full.max_length()}};
@@ -488,10 +571,16 @@ inline compare_outcome run_compare(const compare_options& opt) {
   return outcome;
 }
 
-/// The one-screen summary of a results document.
+/// The one-screen summary of a results document. Next-token tasks (kind next_token_vocab) show conf = p(generated
+/// token), H over the whole vocabulary and p_t of the t-test on conf; conf_true and jsd are n/a for them.
 [[nodiscard]] inline std::string summary_table(const ojson& doc) {
   std::string out;
   char line[256];
+  static const ojson null_value;
+  const auto get = [](const ojson& o, const char* key) -> const ojson& {
+    const auto it = o.find(key);
+    return it == o.end() ? null_value : *it;
+  };
   const auto f = [](const ojson& v, double scale = 1.0) -> std::string {
     if (!v.is_number()) {
       return "n/a";
@@ -504,18 +593,25 @@ inline compare_outcome run_compare(const compare_options& opt) {
                 "acc f/q", "ece f/q", "conf f/q", "conf_true f/q", "H bitsx100", "jsd", "flip", "p_t", "p_mcn");
   out += line;
   out += std::string(141, '-') + "\n";
+  bool any_next_token = false;
   for (const auto& [name, t] : doc.at("tasks").items()) {
-    const auto& a = t.at("full");
-    const auto& b = t.at("quantized");
-    const auto& p = t.at("paired");
-    const auto pair = [&](const char* k, double s = 1.0) { return f(a.at(k), s) + "/" + f(b.at(k), s); };
+    const auto& a         = t.at("full");
+    const auto& b         = t.at("quantized");
+    const auto& p         = t.at("paired");
+    const bool next_token = get(t, "kind") == "next_token_vocab";
+    any_next_token        = any_next_token || next_token;
+    const auto pair = [&](const char* k, double s = 1.0) { return f(get(a, k), s) + "/" + f(get(b, k), s); };
+    const auto& p_t = get(p, next_token ? "ttest_conf" : "ttest_conf_true");
     std::snprintf(line, sizeof line, "%-16s %5lld | %-13s | %-13s | %-13s | %-13s | %-15s | %6s %6s %7s %7s\n",
-                  name.c_str(), static_cast<long long>(t.at("n").get<std::int64_t>()), pair("acc").c_str(),
-                  pair("ece").c_str(), pair("conf").c_str(), pair("conf_true").c_str(),
-                  (f(a.at("entropy_bits"), 100.0) + "/" + f(b.at("entropy_bits"), 100.0)).c_str(), f(p.at("jsd")).c_str(),
-                  f(p.at("flip_rate")).c_str(), f(p.at("ttest_conf_true").at("p")).c_str(),
-                  f(p.at("mcnemar").at("p")).c_str());
+                  (name + (next_token ? " (nt)" : "")).c_str(), static_cast<long long>(t.at("n").get<std::int64_t>()),
+                  pair("acc").c_str(), pair("ece").c_str(), pair("conf").c_str(), pair("conf_true").c_str(),
+                  pair("entropy_bits", 100.0).c_str(), f(get(p, "jsd")).c_str(), f(get(p, "flip_rate")).c_str(),
+                  f(p_t.is_object() ? get(p_t, "p") : null_value).c_str(), f(get(get(p, "mcnemar"), "p")).c_str());
     out += line;
+  }
+  if (any_next_token) {
+    out += "(nt) next-token task: conf = p(generated token), H over the whole vocabulary, flip = the generated token "
+           "changed, p_t = t-test on conf\n";
   }
   return out;
 }

@@ -119,6 +119,44 @@ inline std::string strip_lower(std::string_view s) {
   return eval_detail::strip_lower(text).find(eval_detail::strip_lower(answer)) != std::string::npos;
 }
 
+/// Every request of the first documents of `task` as token ids, in the order evaluate() scores them:
+/// loglikelihood requests in document then choice order, next-token contexts in document order.
+struct task_requests {
+  struct slot {
+    std::size_t doc, choice;
+  };
+  std::vector<encoded_request> loglikelihood;  ///< lm-eval's encoding (model/requests.hpp)
+  std::vector<slot> slots;                     ///< document and choice of each loglikelihood request
+  std::vector<std::vector<token_id>> contexts; ///< next_token_vocab prompts, tok.encode(prompt, true)
+  std::vector<std::size_t> context_docs;       ///< document of each context
+};
+
+/// Builds task_requests for documents_to_evaluate(task, opt) documents.
+/// @throws invalid_argument naming the task, document and choice of a request lm-eval would reject.
+[[nodiscard]] inline task_requests encode_task_requests(const tasks::task_data& task, const tokenizer& tok,
+                                                        const eval_options& opt = {}) {
+  task_requests out;
+  const std::size_t n = documents_to_evaluate(task, opt);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& d = task.docs[i];
+    if (d.kind == tasks::request_kind::next_token_vocab) {
+      out.contexts.push_back(tok.encode(d.context, true));  // HF tokenizer(prompt): special tokens added
+      out.context_docs.push_back(i);
+      continue;
+    }
+    for (const auto& q : d.requests()) {
+      try {
+        out.loglikelihood.push_back(model::encode_request(tok, q.context, q.continuation, opt.encode));
+      } catch (const invalid_argument& e) {
+        throw invalid_argument(task.task + " doc " + std::to_string(d.doc_id) + " (" + d.source + ") choice " +
+                               std::to_string(q.choice) + ": " + e.what());
+      }
+      out.slots.push_back({i, q.choice});
+    }
+  }
+  return out;
+}
+
 /// Scores the first documents of `task` (see the header comment).
 /// @throws invalid_argument for batch_size 0, a request lm-eval would reject (model/requests.hpp), or a
 ///         next_token_vocab task on a scorer without next_token support; whatever the scorer throws.
@@ -130,15 +168,6 @@ inline std::string strip_lower(std::string_view s) {
   out.task   = task.task;
   out.scorer = engine.name();
   out.docs.resize(n);
-
-  // Flatten: loglikelihood requests in document then choice order; next-token contexts in document order.
-  struct slot {
-    std::size_t doc, choice;
-  };
-  std::vector<encoded_request> ll_requests;
-  std::vector<slot> ll_slots;
-  std::vector<std::vector<token_id>> nt_contexts;
-  std::vector<std::size_t> nt_docs;
   for (std::size_t i = 0; i < n; ++i) {
     const auto& d = task.docs[i];
     auto& r       = out.docs[i];
@@ -149,22 +178,18 @@ inline std::string strip_lower(std::string_view s) {
         (void)engine.next_token({});  // throws the scorer's "not supported" message
         throw invalid_argument("scorer \"" + engine.name() + "\" does not support next_token_vocab requests");
       }
-      nt_contexts.push_back(tok.encode(d.context, true));  // HF tokenizer(prompt): special tokens added
-      nt_docs.push_back(i);
       continue;
     }
     r.choices.resize(d.choices.size());
-    for (const auto& q : d.requests()) {
-      try {
-        ll_requests.push_back(model::encode_request(tok, q.context, q.continuation, opt.encode));
-      } catch (const invalid_argument& e) {
-        throw invalid_argument(task.task + " doc " + std::to_string(d.doc_id) + " (" + d.source + ") choice " +
-                               std::to_string(q.choice) + ": " + e.what());
-      }
-      ll_slots.push_back({i, q.choice});
-      r.choices[q.choice].char_len = eval_detail::code_points(d.choices[q.choice]);
+    for (std::size_t c = 0; c < d.choices.size(); ++c) {
+      r.choices[c].char_len = eval_detail::code_points(d.choices[c]);
     }
   }
+  const auto flat        = encode_task_requests(task, tok, opt);
+  const auto& ll_requests = flat.loglikelihood;
+  const auto& ll_slots    = flat.slots;
+  const auto& nt_contexts = flat.contexts;
+  const auto& nt_docs     = flat.context_docs;
 
   const std::size_t total = ll_requests.size() + nt_contexts.size();
   out.requests            = total;
@@ -275,8 +300,9 @@ struct task_summary {
   std::vector<tasks::metric> metrics;  ///< what lm-eval reports (the task's metric_list)
   /// Loglikelihood tasks: probabilities from summed log-likelihoods (the paper's) and from per-character
   /// normalised ones (acc_norm's scores). next_token_vocab: `sum` holds the full-vocabulary numbers (acc,
-  /// accuracy, conf, conf_correct, conf_err, entropy, ece, mce, rmsce, ace = equal-mass top-label); the
-  /// choice-based ones (conf_true, brier, nll, acc_norm) are NaN and char_normalized is unset.
+  /// accuracy, conf, conf_correct, conf_err, entropy, ece, mce, rmsce, ace = equal-mass top-label,
+  /// acc_stderr, acc_wilson; the choice-based ones (conf_true, brier, nll, acc_norm) are NaN and
+  /// char_normalized is unset.
   metrics::model_metrics sum;
   std::optional<metrics::model_metrics> char_normalized;
   double mc2        = nan;  ///< TruthfulQA MC2 mean (lm-eval reports it as "acc")
@@ -335,6 +361,7 @@ struct task_summary {
     m.n_correct    = n_ok;
     m.acc          = static_cast<double>(n_ok) / nn;
     m.acc_stderr   = metrics::proportion_stderr(n_ok, n);
+    m.acc_wilson   = metrics::wilson_interval(n_ok, n, opt.confidence_level);
     m.accuracy     = m.acc;
     double csum    = 0;
     for (const double c : conf) {

@@ -38,11 +38,53 @@ namespace qprob::eval {
 
 using ojson = nlohmann::ordered_json;
 
-namespace output_detail {
-
 /// A double for JSON; NaN and infinities become null (Python would write NaN / Infinity, which strict JSON
 /// parsers reject).
-inline ojson number(double x) { return std::isfinite(x) ? ojson(x) : ojson(nullptr); }
+[[nodiscard]] inline ojson json_number(double x) { return std::isfinite(x) ? ojson(x) : ojson(nullptr); }
+
+/// One model's metrics on one task as JSON: the one serializer of metrics::model_metrics, used by the results
+/// JSON of the evaluation drivers ("qprob.<task>.sum" / "char_normalized" / "next_token") and by `qprob compare`'s
+/// results.json ("tasks.<task>.full" / "quantized"). Keys, in this order (docs/compare.md and docs/tasks.md):
+///   n, n_correct, acc, acc_stderr, acc_wilson [lower, upper], acc_norm, acc_norm_stderr, accuracy, conf,
+///   conf_correct, conf_err, conf_true, entropy (nats), entropy_bits, entropy_bits_x100, brier, nll, ece, mce,
+///   rmsce, ace, reliability [{lower, upper, count, conf (mean confidence), acc (accuracy)}]
+/// NaN (an undefined value, an empty bin's means) is written as null.
+[[nodiscard]] inline ojson model_metrics_json(const metrics::model_metrics& m) {
+  const auto num = json_number;
+  ojson o;
+  o["n"]                 = m.n;
+  o["n_correct"]         = m.n_correct;
+  o["acc"]               = num(m.acc);
+  o["acc_stderr"]        = num(m.acc_stderr);
+  o["acc_wilson"]        = ojson::array({num(m.acc_wilson.lower), num(m.acc_wilson.upper)});
+  o["acc_norm"]          = num(m.acc_norm);
+  o["acc_norm_stderr"]   = num(m.acc_norm_stderr);
+  o["accuracy"]          = num(m.accuracy);
+  o["conf"]              = num(m.conf);
+  o["conf_correct"]      = num(m.conf_correct);
+  o["conf_err"]          = num(m.conf_err);
+  o["conf_true"]         = num(m.conf_true);
+  o["entropy"]           = num(m.entropy);
+  o["entropy_bits"]      = num(m.entropy_bits);
+  o["entropy_bits_x100"] = num(m.entropy_bits * 100.0);
+  o["brier"]             = num(m.brier);
+  o["nll"]               = num(m.nll);
+  o["ece"]               = num(m.ece);
+  o["mce"]               = num(m.mce);
+  o["rmsce"]             = num(m.rmsce);
+  o["ace"]               = num(m.ace);
+  ojson bins             = ojson::array();
+  for (const auto& b : m.reliability) {
+    bins.push_back(ojson{{"lower", b.lower}, {"upper", b.upper}, {"count", b.count}, {"conf", num(b.mean_conf)},
+                         {"acc", num(b.accuracy)}});
+  }
+  o["reliability"] = std::move(bins);
+  return o;
+}
+
+namespace output_detail {
+
+inline ojson number(double x) { return json_number(x); }
 
 /// Probabilities, prediction, confidence, gold probability and entropy (nats) of one document's choices.
 inline ojson scoring_block(const doc_result& r, std::size_t gold, metrics::scoring mode) {
@@ -214,35 +256,6 @@ struct run_config {
 
 namespace output_detail {
 
-inline ojson metrics_block(const metrics::model_metrics& m) {
-  ojson o;
-  o["n"]            = m.n;
-  o["n_correct"]    = m.n_correct;
-  o["acc"]          = number(m.acc);
-  o["acc_stderr"]   = number(m.acc_stderr);
-  o["acc_norm"]     = number(m.acc_norm);
-  o["accuracy"]     = number(m.accuracy);
-  o["conf"]         = number(m.conf);
-  o["conf_correct"] = number(m.conf_correct);
-  o["conf_err"]     = number(m.conf_err);
-  o["conf_true"]    = number(m.conf_true);
-  o["entropy"]      = number(m.entropy);
-  o["entropy_bits"] = number(m.entropy_bits);
-  o["brier"]        = number(m.brier);
-  o["nll"]          = number(m.nll);
-  o["ece"]          = number(m.ece);
-  o["mce"]          = number(m.mce);
-  o["rmsce"]        = number(m.rmsce);
-  o["ace"]          = number(m.ace);
-  ojson bins        = ojson::array();
-  for (const auto& b : m.reliability) {
-    bins.push_back(ojson{{"lower", b.lower}, {"upper", b.upper}, {"count", b.count}, {"mean_conf", number(b.mean_conf)},
-                         {"accuracy", number(b.accuracy)}});
-  }
-  o["reliability"] = std::move(bins);
-  return o;
-}
-
 inline std::string_view ace_name(metrics::ace_variant a) {
   switch (a) {
     case metrics::ace_variant::nixon: return "nixon";
@@ -279,10 +292,10 @@ inline std::string_view ace_name(metrics::ace_variant a) {
     ojson t;
     t["kind"] = std::string(tasks::request_kind_name(s.kind));
     if (s.kind == tasks::request_kind::loglikelihood) {
-      t["sum"]             = output_detail::metrics_block(s.sum);
-      t["char_normalized"] = s.char_normalized ? output_detail::metrics_block(*s.char_normalized) : ojson(nullptr);
+      t["sum"]             = model_metrics_json(s.sum);
+      t["char_normalized"] = s.char_normalized ? model_metrics_json(*s.char_normalized) : ojson(nullptr);
     } else {
-      t["next_token"] = output_detail::metrics_block(s.sum);
+      t["next_token"] = model_metrics_json(s.sum);
     }
     if (!std::isnan(s.mc2)) {
       t["mc2"]        = number(s.mc2);

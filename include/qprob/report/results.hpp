@@ -7,6 +7,8 @@
 // pipeline may write more. Numbers may be JSON null (qprob writes NaN and infinities as null): they are read
 // as NaN and shown as "n/a". Tasks are kept in name order (std::map order of the keys), which is stable and
 // is the order of the paper's tables (arc_easy, boolq, hellaswag, openbookqa, piqa, xstorycloze_en).
+// Next-token (Price-of-Efficiency) tasks ("kind": "next_token_vocab") have no choice distribution, so they are
+// read into their own list with the keys that apply to them (results::next_token_tasks).
 // Layer: report (host only).
 
 #include <qprob/core/error.hpp>
@@ -87,13 +89,33 @@ struct task_result {
   [[nodiscard]] bool binary() const noexcept { return num_choices == 2; }
 };
 
+/// The paired statistics of a next-token task (tasks.<task>.paired of kind next_token_vocab).
+struct next_token_paired {
+  double agreement = nan;               ///< fraction of documents where both models generate the same token
+  double flip_rate = nan;               ///< 1 - agreement
+  t_test ttest_conf;                    ///< paired t-test on the generated token's probability: marks Conf
+  t_test ttest_entropy;                 ///< paired t-test on the full-vocabulary entropy: marks H
+  double mcnemar_p = nan;               ///< marks the accuracy change (dagger)
+};
+
+/// A next-token (Price-of-Efficiency) task: one greedy token over the whole vocabulary per document. conf is
+/// the generated token's probability, entropy is over the vocabulary; acc_norm, conf_true and brier are NaN.
+struct next_token_task {
+  std::string name;
+  std::int64_t n = 0;
+  model_result full;
+  model_result quantized;
+  next_token_paired paired;
+};
+
 struct results {
   std::string file;                  ///< where it was read from (error messages)
   double alpha = nan;                ///< significance level of every mark (metric_options.alpha)
   std::string full_label;            ///< model.name, else "Full"
   std::string quantized_label;       ///< quantization.label, else "+ quantized"
   nlohmann::ordered_json settings;   ///< the model / quantization / software / metric_options objects, as given
-  std::vector<task_result> tasks;    ///< in task-name order
+  std::vector<task_result> tasks;    ///< multiple-choice tasks, in task-name order
+  std::vector<next_token_task> next_token_tasks;  ///< next-token tasks, in task-name order
 };
 
 namespace results_detail {
@@ -215,6 +237,34 @@ inline paired_result read_paired(const reader& r) {
   return p;
 }
 
+/// A next-token task's model block: the keys of read_model that are defined without a choice distribution.
+inline model_result read_next_token_model(const reader& r) {
+  model_result m;
+  m.acc      = r.number("acc");
+  m.ece      = r.number("ece");
+  m.ace      = r.number("ace");
+  m.conf     = r.number("conf");
+  m.conf_err = r.number("conf_err");
+  m.entropy  = r.number("entropy");
+  m.entropy_bits = r.has("entropy_bits") ? r.number("entropy_bits") : m.entropy / std::log(2.0);
+  const auto& bins = r.array("reliability");
+  for (std::size_t i = 0; i < bins.size(); ++i) {
+    const reader b(bins[i], r.file(), r.key_path("reliability") + "[" + std::to_string(i) + "]");
+    m.reliability.push_back({b.number("lower"), b.number("upper"), b.integer("count"), b.number("conf"), b.number("acc")});
+  }
+  return m;
+}
+
+inline next_token_paired read_next_token_paired(const reader& r) {
+  next_token_paired p;
+  p.agreement     = r.number("agreement");
+  p.flip_rate     = r.number("flip_rate");
+  p.ttest_conf    = read_t_test(r.object("ttest_conf"));
+  p.ttest_entropy = read_t_test(r.object("ttest_entropy"));
+  p.mcnemar_p     = r.object("mcnemar").number("p");
+  return p;
+}
+
 inline std::string optional_string(const nlohmann::ordered_json& root, const char* object, const char* key,
                                    std::string fallback) {
   const auto o = root.find(object);
@@ -257,6 +307,27 @@ inline std::string optional_string(const nlohmann::ordered_json& root, const cha
   }
   for (const auto& [name, value] : sorted) {
     const reader t(*value, file, tasks.key_path(name));
+    std::string kind = "loglikelihood";  // results.json files without "kind" hold multiple-choice tasks only
+    if (t.has("kind")) {
+      const auto& k = t.at("kind");
+      if (!k.is_string() || (k != "loglikelihood" && k != "next_token_vocab")) {
+        t.fail(t.key_path("kind"), "expected \"loglikelihood\" or \"next_token_vocab\", got " + k.dump());
+      }
+      kind = k.get<std::string>();
+    }
+    if (kind == "next_token_vocab") {
+      next_token_task r;
+      r.name = name;
+      r.n    = t.integer("n");
+      if (r.n < 0) {
+        t.fail(t.key_path("n"), "must be >= 0, got " + std::to_string(r.n));
+      }
+      r.full      = results_detail::read_next_token_model(t.object("full"));
+      r.quantized = results_detail::read_next_token_model(t.object("quantized"));
+      r.paired    = results_detail::read_next_token_paired(t.object("paired"));
+      out.next_token_tasks.push_back(std::move(r));
+      continue;
+    }
     task_result r;
     r.name        = name;
     r.n           = t.integer("n");

@@ -4,6 +4,7 @@
 //   table 1           accuracy and calibration error per task, full model and the change after quantization
 //   table_confidence  Conf, Conf_err, Conf_true and H per task, full -> quantized (Tables 2, 4 and 5)
 //   table_paired      the divergence and test statistics behind the marks (JSD, KL, flip rate, JS distance, p)
+//   table_next_token  next-token (Price-of-Efficiency) tasks: Acc., ECE, ACE, Conf., Conf_err, H and agreement
 // Each comes in a display form (Markdown and HTML: one row per model, the quantized cells carrying the change
 // and the significance mark) and a tidy CSV form (one row per task, full / quantized / delta in columns).
 //
@@ -199,6 +200,65 @@ inline std::string alpha_text(double alpha) { return format_stat(alpha); }
                       format_stat(p.js_distance, missing), format_stat(p.flip_rate, missing),
                       format_stat(p.ttest_conf_true.t, missing), format_stat(p.ttest_conf_true.p, missing),
                       format_stat(p.mcnemar_p, missing)});
+  }
+  return t;
+}
+
+// ---- next-token (Price-of-Efficiency) tasks ----------------------------------------------------------------------
+
+/// Next-token tasks: accuracy, ECE, ACE (equal-mass top-label), Conf. (probability of the generated token),
+/// Conf_err and H (bits x100, over the whole vocabulary), full -> quantized with the change; a dagger marks an
+/// accuracy change with McNemar p < alpha, "*" a Conf / H change with paired t-test p < alpha. The quantized
+/// row also gives the agreement of the generated tokens.
+[[nodiscard]] inline table table_next_token_display(const results& r) {
+  using namespace tables_detail;
+  table t;
+  t.caption = "Next-token (Price-of-Efficiency) tasks: accuracy of the generated token (Acc.), calibration errors "
+              "(ECE, ACE), probability of the generated token (Conf.), Conf. over wrong answers (Conf_err) x100 and "
+              "entropy of the full-vocabulary distribution H (bits x100), full model and after quantization (change "
+              "in parentheses); Agree.: generated token unchanged x100.";
+  t.header = {"Task", "Model", "Acc.", "ECE", "ACE", "Conf.", "Conf_err", "H", "Agree."};
+  for (const auto& task : r.next_token_tasks) {
+    const auto& f = task.full;
+    const auto& q = task.quantized;
+    const auto& p = task.paired;
+    t.rows.push_back({task.name, r.full_label, format_percent(f.acc), format_percent(f.ece), format_percent(f.ace),
+                      format_percent(f.conf), format_percent(f.conf_err), format_percent(f.entropy_bits), ""});
+    t.rows.push_back({task.name, r.quantized_label,
+                      quantized_cell(f.acc, q.acc, significant(p.mcnemar_p, r.alpha), "†"),
+                      quantized_cell(f.ece, q.ece, false, ""), quantized_cell(f.ace, q.ace, false, ""),
+                      quantized_cell(f.conf, q.conf, significant(p.ttest_conf.p, r.alpha), "*"),
+                      quantized_cell(f.conf_err, q.conf_err, false, ""),
+                      quantized_cell(f.entropy_bits, q.entropy_bits, significant(p.ttest_entropy.p, r.alpha), "*"),
+                      format_percent(p.agreement)});
+  }
+  t.notes = {"These tasks score one greedy token over the whole vocabulary, so the choice-based numbers of the other "
+             "tables (Conf_true, JS divergence, confidence-shift bins) do not apply to them.",
+             "† marks an accuracy change with McNemar p < " + alpha_text(r.alpha) + "; * a change of Conf. or H with "
+             "paired t-test p < " + alpha_text(r.alpha) + "."};
+  return t;
+}
+
+/// The next-token table as tidy CSV: one row per task.
+[[nodiscard]] inline table table_next_token_csv(const results& r) {
+  table t;
+  t.header = {"task", "n", "acc_full", "acc_quantized", "acc_change", "acc_mcnemar_p", "ece_full", "ece_quantized",
+              "ece_change", "ace_full", "ace_quantized", "ace_change", "conf_full", "conf_quantized", "conf_change",
+              "conf_p", "conf_err_full", "conf_err_quantized", "conf_err_change", "entropy_bits_full",
+              "entropy_bits_quantized", "entropy_bits_change", "entropy_p", "agreement"};
+  for (const auto& task : r.next_token_tasks) {
+    const auto& f = task.full;
+    const auto& q = task.quantized;
+    const auto& p = task.paired;
+    t.rows.push_back({task.name, std::to_string(task.n), format_percent(f.acc, ""), format_percent(q.acc, ""),
+                      format_change(f.acc, q.acc, ""), format_stat(p.mcnemar_p, ""), format_percent(f.ece, ""),
+                      format_percent(q.ece, ""), format_change(f.ece, q.ece, ""), format_percent(f.ace, ""),
+                      format_percent(q.ace, ""), format_change(f.ace, q.ace, ""), format_percent(f.conf, ""),
+                      format_percent(q.conf, ""), format_change(f.conf, q.conf, ""), format_stat(p.ttest_conf.p, ""),
+                      format_percent(f.conf_err, ""), format_percent(q.conf_err, ""),
+                      format_change(f.conf_err, q.conf_err, ""), format_percent(f.entropy_bits, ""),
+                      format_percent(q.entropy_bits, ""), format_change(f.entropy_bits, q.entropy_bits, ""),
+                      format_stat(p.ttest_entropy.p, ""), format_percent(p.agreement, "")});
   }
   return t;
 }

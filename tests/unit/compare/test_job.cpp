@@ -2,11 +2,14 @@
 // The compare job (compare/job.hpp) on stories260K: a rerun reuses every phase with identical numbers; a
 // truncated, altered or foreign cache file is ignored and recomputed; --quantized <out>/quantized reproduces
 // the quantized evaluation; the saved checkpoint loads back and holds exactly the RTN codes of the model's
-// weights; GPTQ's calibrated layers reconstruct their outputs better than RTN's; --device cuda is refused.
+// weights; GPTQ's calibrated layers reconstruct their outputs better than RTN's; --device cuda is refused; a tiny
+// random BLOOM model (stories260K's tokenizer) runs end to end with its fused query_key_value; next-token
+// (Price-of-Efficiency) tasks are scored, cached and paired.
 #include <qprob/compare/job.hpp>
 
 #include "io_test_util.hpp"
 #include "support.hpp"
+#include "tiny_models.hpp"
 
 #include <doctest/doctest.h>
 
@@ -262,4 +265,112 @@ TEST_CASE("compare: --device cuda and desc_act with RTN are refused with a clear
                        qprob::invalid_argument);
   o.quant.policy = {5, 128, true, false};
   CHECK_THROWS_AS(qprob::compare::run_compare(o), qprob::invalid_argument);
+}
+
+TEST_CASE("compare: a tiny BLOOM model runs end to end with GPTQ, its checkpoint holds the fused query_key_value") {
+  const auto s = shared();
+  if (!s) {
+    return;
+  }
+  qprob::test::temp_dir tmp("compare_bloom");
+  auto cfg          = qprob::test::tiny_config("bloom");
+  cfg["vocab_size"] = 512;  // stories260K's tokenizer
+  const auto model  = tmp / "bloom";
+  qprob::test::write_model(model, cfg, qprob::test::tiny_weights(cfg, 5));
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
+    fs::copy_file(s->model / f, model / f);
+  }
+  auto o           = small_job(*s, tmp / "out");
+  o.model_dir      = model;
+  o.tasks          = {"piqa"};
+  o.limit          = 3;
+  o.quant.method   = qprob::compare::quant_method::gptq;
+  o.calib.source   = s->data / "wikitext2" / "wiki.test.raw";
+  o.calib.nsamples = 2;
+  o.calib.seqlen   = 16;
+  const auto first = qprob::compare::run_compare(o);
+  const auto& doc  = first.document;
+  CHECK(doc["model"]["family"] == "bloom");
+  CHECK(doc["quantization"]["quantized_layers"] == 8);
+  CHECK(doc["quantization"]["layers"][0]["name"] == "transformer.h.0.self_attention.query_key_value");
+  CHECK(std::isfinite(doc["quantization"]["layers"][0]["gptq_loss"].get<double>()));
+  const auto ck = qprob::quant::load_gptq_checkpoint(tmp / "out" / "quantized");
+  const auto* l = ck.find_layer("transformer.h.1.self_attention.query_key_value");
+  REQUIRE(l != nullptr);
+  CHECK(l->role == qprob::model::tensor_role::qkv);
+  CHECK(l->weight.n == 36);
+  CHECK(doc["tasks"]["piqa"]["paired"]["kl"].get<double>() > 0);  // the quantized model differs
+
+  // --quantized on the saved checkpoint reproduces the quantized evaluation exactly.
+  auto o2          = o;
+  o2.out_dir       = tmp / "loaded";
+  o2.quantized_dir = tmp / "out" / "quantized";
+  const auto again = qprob::compare::run_compare(o2);
+  CHECK(again.document["tasks"]["piqa"]["quantized"] == doc["tasks"]["piqa"]["quantized"]);
+  CHECK(again.document["tasks"]["piqa"]["paired"] == doc["tasks"]["piqa"]["paired"]);
+}
+
+TEST_CASE("compare: next-token tasks are scored over the vocabulary, paired, cached and summarized") {
+  const auto s = shared();
+  if (!s) {
+    return;
+  }
+  qprob::test::temp_dir tmp("compare_next_token");
+  auto o           = small_job(*s, tmp / "out");
+  o.tasks          = {"poe_boolq_tf", "piqa"};
+  o.limit          = 5;
+  const auto first = qprob::compare::run_compare(o);
+  const auto& t    = first.document["tasks"]["poe_boolq_tf"];
+  CHECK(t["kind"] == "next_token_vocab");
+  CHECK(first.document["tasks"]["piqa"]["kind"] == "loglikelihood");
+  CHECK(t["vocab_size"] == 512);
+  CHECK(t["answers"] == qprob::compare::ojson::array({"False", "True"}));
+  CHECK_FALSE(t.contains("num_choices"));
+  for (const char* which : {"full", "quantized"}) {
+    INFO(which);
+    const auto& m = t[which];
+    CHECK(m["n"] == 5);
+    for (const char* absent : {"conf_true", "brier", "nll", "acc_norm"}) {
+      CHECK_FALSE(m.contains(absent));
+    }
+    // Per-model numbers agree with the per-document samples.
+    std::ifstream in(tmp / "out" / ("samples_poe_boolq_tf_" + std::string(which) + ".jsonl"));
+    double conf = 0, entropy = 0, correct = 0;
+    int lines   = 0;
+    for (std::string line; std::getline(in, line); ++lines) {
+      const auto rec = nlohmann::json::parse(line);
+      conf += rec["qprob"]["conf"].get<double>();
+      entropy += rec["qprob"]["entropy"].get<double>();
+      correct += rec["acc"].get<double>();
+    }
+    REQUIRE(lines == 5);
+    CHECK(m["conf"].get<double>() == doctest::Approx(conf / 5).epsilon(1e-12));
+    CHECK(m["entropy"].get<double>() == doctest::Approx(entropy / 5).epsilon(1e-12));
+    CHECK(m["acc"].get<double>() == doctest::Approx(correct / 5));
+    CHECK(m["entropy"].get<double>() > 0);
+    CHECK(m["entropy"].get<double>() <= std::log(512.0));
+  }
+  const auto& p = t["paired"];
+  CHECK(p["n"] == 5);
+  CHECK(p["agreement"].get<double>() + p["flip_rate"].get<double>() == doctest::Approx(1.0));
+  const auto& c = p["correctness"];
+  CHECK(c["both_correct"].get<int>() + c["full_only"].get<int>() + c["quant_only"].get<int>() +
+            c["both_wrong"].get<int>() == 5);
+  CHECK(p["mean_conf_shift"].get<double>() ==
+        doctest::Approx(t["quantized"]["conf"].get<double>() - t["full"]["conf"].get<double>()));
+  CHECK(p["mcnemar"]["b"] == c["full_only"]);
+  CHECK(p.contains("ttest_conf"));
+  CHECK_FALSE(p.contains("jsd"));
+  std::int64_t binned = 0;
+  for (const auto& b : p["conf_shift_by_bin"]) {
+    binned += b["count"].get<std::int64_t>();
+  }
+  CHECK(binned == 5);
+  CHECK(qprob::compare::summary_table(first.document).find("poe_boolq_tf (nt)") != std::string::npos);
+
+  // A rerun reuses the next-token evaluations (the cache keeps token, log-probability, entropy and text).
+  const auto second = qprob::compare::run_compare(o);
+  CHECK(second.reused_full == std::vector<std::string>{"poe_boolq_tf", "piqa"});
+  CHECK(second.reused_quantized == std::vector<std::string>{"poe_boolq_tf", "piqa"});
+  CHECK(numbers(second.document) == numbers(first.document));
 }

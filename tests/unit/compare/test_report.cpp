@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -319,6 +320,66 @@ TEST_CASE("report: write_report writes every table, figure and a self-contained 
   }
 }
 
+namespace {
+
+/// A next-token (Price-of-Efficiency) task as `qprob compare` writes it (only the keys the report reads, plus kind).
+nlohmann::ordered_json next_token_task() {
+  return nlohmann::ordered_json::parse(R"json({
+    "kind": "next_token_vocab", "n": 100, "answers": ["False", "True"], "vocab_size": 32000,
+    "full": {"acc": 0.6, "ece": 0.1, "ace": 0.12, "conf": 0.5, "conf_err": 0.45, "entropy": 2.0,
+             "reliability": [{"lower": 0.0, "upper": 0.5, "count": 60, "conf": 0.4, "acc": 0.5},
+                             {"lower": 0.5, "upper": 1.0, "count": 40, "conf": 0.65, "acc": 0.75}]},
+    "quantized": {"acc": 0.55, "ece": 0.11, "ace": 0.1, "conf": 0.45, "conf_err": null, "entropy": 2.1,
+             "entropy_bits": 3.0,
+             "reliability": [{"lower": 0.0, "upper": 0.5, "count": 100, "conf": 0.45, "acc": 0.55},
+                             {"lower": 0.5, "upper": 1.0, "count": 0, "conf": null, "acc": null}]},
+    "paired": {"agreement": 0.9, "flip_rate": 0.1, "ttest_conf": {"t": 2.5, "p": 0.01},
+               "ttest_entropy": {"t": -1.0, "p": 0.3}, "mcnemar": {"p": 0.5}}
+  })json");
+}
+
+}  // namespace
+
+TEST_CASE("report: next-token tasks get their own table and reliability diagrams, also without choice tasks") {
+  auto j                      = qprob::test::report_fixture();
+  j["tasks"]["poe_boolq_tf"] = next_token_task();
+  const auto r                = qprob::report::parse_results(j, "results.json");
+  CHECK(r.tasks.size() == 3);  // the choice tasks are unchanged
+  REQUIRE(r.next_token_tasks.size() == 1);
+  CHECK(r.next_token_tasks[0].full.entropy_bits == doctest::Approx(2.0 / std::log(2.0)));
+  const auto md = qprob::report::to_markdown(qprob::report::table_next_token_display(r));
+  INFO(md);
+  CHECK(md.find("| poe_boolq_tf | Llama-7B | 60.00 | 10.00 | 12.00 | 50.00 | 45.00 | 288.54 |  |") != std::string::npos);
+  // Acc. without dagger (McNemar p 0.5), Conf. marked (t-test p 0.01), Conf_err n/a, H not marked (p 0.3).
+  CHECK(md.find("| poe_boolq_tf | + GPTQ 4-bit g128 | 55.00 (-5.00) | 11.00 (+1.00) | 10.00 (-2.00) | 45.00* (-5.00) | "
+                "n/a (n/a) | 300.00 (+11.46) | 90.00 |") != std::string::npos);
+  const auto csv = qprob::report::to_csv(qprob::report::table_next_token_csv(r));
+  CHECK(csv.find("\npoe_boolq_tf,100,60.00,55.00,-5.00,0.5,") != std::string::npos);
+  // The choice tables do not list it.
+  CHECK(qprob::report::to_markdown(qprob::report::table1_display(r)).find("poe_boolq_tf") == std::string::npos);
+
+  const auto dir     = qprob::test::write_results(scratch("next_token"), j);
+  const auto written = qprob::report::write_report(dir);
+  CHECK(written.files.size() == 6 + 2 + 2 * (1 + 2 * 3) + 2 + 1);
+  CHECK(xml_problem(slurp(dir / "figures" / "reliability_poe_boolq_tf.svg")) == "");
+  CHECK_FALSE(fs::exists(dir / "figures" / "conf_shift_poe_boolq_tf.svg"));
+  const auto html = slurp(dir / "report.html");
+  CHECK(html.find("id=\"table_next_token\"") != std::string::npos);
+  CHECK(count(html, "<svg") == 8);
+
+  // Only next-token tasks: no choice table or figure 2, the rest as above.
+  auto only     = qprob::test::report_fixture();
+  only["tasks"] = nlohmann::ordered_json{{"poe_toxicity", next_token_task()}};
+  const auto dir2 = qprob::test::write_results(scratch("next_token_only"), only);
+  CHECK(qprob::report::write_report(dir2).files.size() == 2 + 2 + 1);
+  CHECK_FALSE(fs::exists(dir2 / "tables" / "table1.md"));
+  CHECK_FALSE(fs::exists(dir2 / "figures" / "js_distance.svg"));
+  const auto html2 = slurp(dir2 / "report.html");
+  CHECK(html2.find("id=\"table1\"") == std::string::npos);
+  CHECK(html2.find("id=\"table_next_token\"") != std::string::npos);
+  CHECK(count(html2, "<svg") == 1);
+}
+
 TEST_CASE("report: missing keys and wrong types name results.json and the key") {
   using J = nlohmann::ordered_json;
   auto j = qprob::test::report_fixture();
@@ -364,6 +425,20 @@ TEST_CASE("report: missing keys and wrong types name results.json and the key") 
   j = qprob::test::report_fixture();
   j["tasks"]["boolq"]["num_choices"] = 1;
   expect_error(j, "tasks.boolq.num_choices", "must be >= 2");
+
+  j = qprob::test::report_fixture();
+  j["tasks"]["boolq"]["kind"] = "generate_until";
+  expect_error(j, "tasks.boolq.kind", "expected \"loglikelihood\" or \"next_token_vocab\"");
+
+  j = qprob::test::report_fixture();
+  j["tasks"]["poe_boolq_tf"] = next_token_task();
+  j["tasks"]["poe_boolq_tf"]["paired"].erase("agreement");
+  expect_error(j, "tasks.poe_boolq_tf.paired.agreement", "missing required key");
+
+  j = qprob::test::report_fixture();
+  j["tasks"]["poe_boolq_tf"] = next_token_task();
+  j["tasks"]["poe_boolq_tf"]["quantized"]["conf"] = "0.45";
+  expect_error(j, "tasks.poe_boolq_tf.quantized.conf", "expected a number (or null), got string");
 }
 
 TEST_CASE("report: write_report on a bad results.json fails naming it and writes nothing") {

@@ -200,6 +200,42 @@ TEST_CASE("results JSON: lm-eval's layout, NaN as null, deterministic") {
   CHECK(read_all(p) == first);
 }
 
+TEST_CASE("model_metrics_json: the one metrics serializer (eval results JSON and compare results.json), keys in order") {
+  qt::task_data t;
+  t.task = "arc_easy";
+  t.docs = {golden_doc()};
+  qe::eval_result r;
+  r.task = "arc_easy";
+  r.docs = {golden_result()};
+  const auto s = qe::summarize(t, r, {}, 2376);
+  const auto j = qe::results_record({s}, qe::run_config{});
+  const auto& m = j["qprob"]["arc_easy"]["sum"];
+  CHECK(m == qe::model_metrics_json(s.sum));
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : m.items()) {
+    keys.push_back(k);
+  }
+  CHECK(keys == std::vector<std::string>{"n", "n_correct", "acc", "acc_stderr", "acc_wilson", "acc_norm",
+                                         "acc_norm_stderr", "accuracy", "conf", "conf_correct", "conf_err", "conf_true",
+                                         "entropy", "entropy_bits", "entropy_bits_x100", "brier", "nll", "ece", "mce",
+                                         "rmsce", "ace", "reliability"});
+  CHECK(m["entropy_bits_x100"].get<double>() == doctest::Approx(100 * m["entropy_bits"].get<double>()));
+  CHECK(m["acc_wilson"].size() == 2);
+  // Reliability bins: {lower, upper, count, conf, acc} (docs/compare.md); empty bins carry nulls.
+  REQUIRE(m["reliability"].size() == 15);
+  std::int64_t total = 0;
+  for (const auto& b : m["reliability"]) {
+    std::vector<std::string> bk;
+    for (const auto& [k, v] : b.items()) {
+      bk.push_back(k);
+    }
+    CHECK(bk == std::vector<std::string>{"lower", "upper", "count", "conf", "acc"});
+    total += b["count"].get<std::int64_t>();
+    CHECK(b["conf"].is_null() == (b["count"] == 0));
+  }
+  CHECK(total == 1);
+}
+
 TEST_CASE("write_samples_jsonl: one line per document in order, a failed write leaves the old file") {
   qt::task_data t;
   t.task    = "arc_easy";
