@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """Prints the summary table of a tools/gpu-check.sh run: tests by label (from ctest's JUnit file and the ctest
-label of each test), pytest results, and the benchmarks' key counters (from Google Benchmark JSON)."""
+label of each test), pytest results, the engine parity results (tests/torch/test_engine_parity.py's JSON), the
+benchmarks' key counters (from Google Benchmark JSON) and the HellaSwag scoring benchmark: qprob's bench_scoring
+against bench/hellaswag_transformers.py."""
 import argparse
 import collections
+import itertools
 import json
 import pathlib
 import subprocess
@@ -25,6 +28,82 @@ def test_labels(build_dir):
     return labels
 
 
+def fmt(v, spec):
+    """format(v, spec), or "-" padded to the spec's width when v is not a number."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format(v, spec)
+    return "-".rjust(int("".join(itertools.takewhile(str.isdigit, spec)) or 0))
+
+
+def engine_parity_table(path):
+    """One line per model and dtype: worst logit diff / bound, argmax agreement, worst loglik diff / bound over the
+    request sets, is_greedy mismatches on clear requests; then the invariance checks."""
+    data = json.loads(path.read_text())
+    rows = data.get("rows", [])
+    groups = collections.OrderedDict()
+    other = []
+    for r in rows:
+        check = r["check"]
+        if check.startswith(("prefix sharing", "batch invariance")):
+            other.append(r)
+            continue
+        g = groups.setdefault((r["model"], r["dtype"]), dict(verdicts=[], logit=None, argmax=None, loglik=None,
+                                                               greedy=0, sets=0))
+        g["verdicts"].append(r["verdict"])
+        if r["worst"] is None:
+            continue
+        if check.startswith("logits"):
+            g["logit"] = (r["worst"], r["bound"])
+        elif check.startswith("argmax"):
+            g["argmax"] = r["worst"]
+        elif check.startswith("loglik"):
+            g["sets"] += 1
+            ratio = r["worst"] / r["bound"] if r["bound"] else float("inf")
+            if g["loglik"] is None or ratio > g["loglik"][2]:
+                g["loglik"] = (r["worst"], r["bound"], ratio, check[len("loglik "):])
+        elif check.startswith("is_greedy"):
+            g["greedy"] += int(r["worst"])
+    print(f"\nengine parity vs transformers float32 ({path.name}; bounds in tests/torch/test_engine_parity.py)")
+    print(f"{'model':<18}{'dtype':<6}{'logit diff':>11}{'bound':>9}{'argmax':>9}{'loglik diff':>12}{'bound':>9}"
+          f"  {'(worst set)':<22}{'greedy':>7}  verdict")
+    for (model, dtype), g in groups.items():
+        v = g["verdicts"]
+        verdict = "FAIL" if any(x in ("FAIL", "ERROR") for x in v) else ("SKIP" if all(x == "SKIP" for x in v)
+                                                                         else "PASS")
+        lg, ll = g["logit"] or (None, None), g["loglik"] or (None, None, None, "")
+        greedy = g["greedy"] if g["sets"] else "-"
+        print(f"{model[:17]:<18}{dtype:<6}{fmt(lg[0], '11.3g')}{fmt(lg[1], '9.3g')}{fmt(g['argmax'], '9.4f')}"
+              f"{fmt(ll[0], '12.3g')}{fmt(ll[1], '9.3g')}  {ll[3][:22]:<22}{greedy:>7}  {verdict}")
+    for r in other:
+        print(f"{r['model'][:17]:<18}{r['dtype']:<6}{r['check']}: {r['worst']} differ ({r['note']})  {r['verdict']}")
+
+
+def hellaswag_table(merged):
+    """qprob (bench_scoring's counters) against transformers (hellaswag_transformers.json) on the same requests."""
+    tf = merged.get("hellaswag_transformers")
+    qp = [b for b in merged.get("bench_scoring", {}).get("benchmarks", [])
+          if b.get("run_type") != "aggregate" and "tokens_per_s" in b]
+    if not tf and not qp:
+        return
+    print("\nHellaSwag scoring benchmark (Llama-2-7B shapes, random fp16 weights, the same 1600 requests)")
+    print(f"{'scorer':<48}{'tokens/s':>10}{'peak GiB':>10}{'weights':>9}{'MFU':>7}{'vs transformers':>17}")
+    base = tf.get("tokens_per_s") if tf else None
+    for b in qp:
+        ratio = b["tokens_per_s"] / base if base else None
+        print(f"{'qprob ' + b['name'].split('/manual_time')[0]:<48.47}{fmt(b['tokens_per_s'], '10.0f')}"
+              f"{fmt(b.get('peak_GiB'), '10.2f')}{fmt(b.get('weights_GiB'), '9.2f')}{fmt(b.get('mfu'), '7.1%')}"
+              f"{fmt(ratio, '16.2f')}x")
+    if tf:
+        label = f"transformers {tf.get('transformers', '')} {tf.get('attn_implementation', '')} " \
+                f"{tf.get('dtype', '')} batch {tf.get('batch_size', '')}"
+        print(f"{label:<48.47}{fmt(tf.get('tokens_per_s'), '10.0f')}{fmt(tf.get('peak_GiB'), '10.2f')}"
+              f"{fmt(tf.get('weights_GiB'), '9.2f')}{fmt(tf.get('mfu'), '7.1%')}{'1.00':>16}x")
+        print(f"  ({tf.get('requests')} requests, {tf.get('tokens')} input tokens, {tf.get('seconds', 0):.2f} s; "
+              f"MFU against {tf.get('peak_flops', 0) / 1e12:.1f} TFLOP/s)")
+    else:
+        print("transformers baseline: not run (bench/hellaswag_transformers.py)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -32,6 +111,8 @@ def main():
     ap.add_argument("--build-dir", default="build/gpu")
     ap.add_argument("--junit", help="ctest JUnit file (default: OUT/ctest.xml)")
     ap.add_argument("--merge-bench", help="write every benchmark JSON of OUT into this one file")
+    ap.add_argument("--engine-parity", help="engine_parity.json of tests/torch/test_engine_parity.py")
+    ap.add_argument("--hellaswag-transformers", help="JSON of bench/hellaswag_transformers.py")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     print("\n================ qprob GPU check summary ================")
@@ -69,6 +150,13 @@ def main():
         print(f"\npytest parity: {suite.get('tests')} tests, {suite.get('failures')} failures, "
               f"{suite.get('errors')} errors, {suite.get('skipped')} skipped")
 
+    parity = pathlib.Path(args.engine_parity) if args.engine_parity else out / "engine_parity.json"
+    if parity.exists():
+        try:
+            engine_parity_table(parity)
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"\nengine parity: {parity} unreadable ({e})")
+
     rows = []
     merged = {}
     for f in sorted(out.glob("bench_*.json")):
@@ -80,16 +168,20 @@ def main():
             rows.append((b["name"].split("/manual_time")[0], b.get("label", ""), b.get("real_time", 0),
                          b.get("time_unit", ""), b.get("GB/s"), b.get("frac_of_copy"), b.get("copy_GB/s"),
                          b.get("TFLOP/s"), b.get("speedup")))
+    tf_path = pathlib.Path(args.hellaswag_transformers) if args.hellaswag_transformers else \
+        out / "hellaswag_transformers.json"
+    if tf_path.exists():
+        merged["hellaswag_transformers"] = json.loads(tf_path.read_text())
     if args.merge_bench and merged:
         pathlib.Path(args.merge_bench).write_text(json.dumps(merged, indent=1))
     if rows:
         print(f"\n{'benchmark':<48}{'label':<20}{'time':>12}{'GB/s':>9}{'of copy':>9}{'TFLOP/s':>9}")
         for name, label, t, unit, gbs, frac, _copy, tf, _sp in rows:
-            fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
             print(f"{name[:47]:<48}{label[:19]:<20}{t:>10.1f}{unit:>2}{fmt(gbs, '9.0f')}{fmt(frac, '9.2f')}{fmt(tf, '9.1f')}")
         copy = next((r[6] for r in rows if r[6]), None)
         if copy:
             print(f"measured device-to-device copy bandwidth: {copy:.0f} GB/s (read + write)")
+    hellaswag_table(merged)
 
 
 if __name__ == "__main__":

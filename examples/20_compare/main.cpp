@@ -11,11 +11,14 @@
 //       --quant gptq --bits 4 --group-size 128 --nsamples 8 --seqlen 64 --out /tmp/compare     (one command line)
 //   qprob compare --device cpu --model DIR --quantized /tmp/compare/quantized --data ... --tasks ... --out ...
 //
-// --device cpu is the double-precision host reference (tiny models only); --device cuda (the default, the
-// production path) exits with status 2 until the GPU engine exists.
-// Exit status: 0 done; 1 an error (printed); 2 usage (including --device cuda); 77 --skip-missing and the model or
+// --device cuda (the default) runs on the GPU engine (compare/gpu_backend.hpp: fp16, GPTQ/RTN on the GPU);
+// --device cpu is the double-precision host reference (tiny models only, what CI runs).
+// Exit status: 0 done; 1 an error (printed, e.g. no usable GPU); 2 usage; 77 --skip-missing and the model or
 // data directory is absent (ctest: skipped).
 #include <qprob/compare/job.hpp>
+#if defined(QPROB_COMPARE_WITH_ENGINE)
+#include <qprob/compare/gpu_backend.hpp>
+#endif
 
 #if defined(QPROB_COMPARE_WITH_REPORT)
 #  include <qprob/report/report.hpp>
@@ -67,13 +70,13 @@ void write_report_hook(const std::filesystem::path& out) {
 }
 
 int run_compare(const cli_options& c) {
+#if !defined(QPROB_COMPARE_WITH_ENGINE)
   if (c.device != "cpu") {
-    std::fprintf(stderr,
-                 "error: --device %s: the GPU engine is not built yet; only --device cpu (the host reference path, "
-                 "tiny models) is available\n",
-                 c.device.c_str());
+    std::fprintf(stderr, "error: --device %s: this build has no GPU engine (configure with QPROB_ENABLE_CUDA=ON); "
+                 "--device cpu is the host reference path (tiny models)\n", c.device.c_str());
     return exit_usage;
   }
+#endif
   for (const auto& dir : {c.model, c.data}) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec)) {
@@ -97,7 +100,9 @@ int run_compare(const cli_options& c) {
   o.limit          = c.limit;
   o.batch_size_arg = c.batch_size;
   if (c.batch_size == "auto") {
-    o.batch_size = 16;  // the host reference scores one request at a time anyway; results do not depend on it
+    // Results do not depend on it: the host reference scores one request at a time, the GPU engine plans its
+    // own passes within a call (larger calls share more prefixes and fill the GEMMs better).
+    o.batch_size = c.device == "cpu" ? 16 : 4096;
   } else {
     try {
       const long long v = std::stoll(c.batch_size);
@@ -124,7 +129,11 @@ int run_compare(const cli_options& c) {
   o.calib.seqlen          = c.seqlen;
   o.calib.seed            = c.seed;
 
+#if defined(QPROB_COMPARE_WITH_ENGINE)
+  const auto outcome = c.device == "cuda" ? qprob::compare::run_compare_gpu(o) : qprob::compare::run_compare(o);
+#else
   const auto outcome = qprob::compare::run_compare(o);
+#endif
   std::printf("\n%s\n", qprob::compare::summary_table(outcome.document).c_str());
   std::printf("acc/ece/conf: fraction; H: mean predictive entropy in bits x100; jsd: mean Jensen-Shannon divergence "
               "(nats); p_t: paired t-test on p(gold); p_mcn: McNemar exact\n");
@@ -164,7 +173,7 @@ int main(int argc, char** argv) {
   cmp->add_option("--batch-size", c.batch_size, "auto or N requests per scorer call (results do not depend on it)");
   cmp->add_option("--metrics-compat", c.metrics_compat, "none or seed (the first paper's notebook: ACE and alpha 0.01)")
       ->check(CLI::IsMember({"none", "seed"}));
-  cmp->add_option("--device", c.device, "cuda (default; not built yet) or cpu (host reference, tiny models)")
+  cmp->add_option("--device", c.device, "cuda (default: the GPU engine) or cpu (host reference, tiny models)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmp->add_option("--out", c.out, "output directory")->required();
   cmp->add_flag("--no-progress", c.no_progress, "no progress bars (they are also off when stderr is not a terminal)");

@@ -19,6 +19,7 @@
 #include <qprob/metrics/reference.hpp>
 #include <qprob/metrics/seed_compat.hpp>
 #include <qprob/metrics/stats.hpp>
+#include <qprob/metrics/token_divergence.hpp>
 #include <qprob/metrics/types.hpp>
 #include <qprob/model/config.hpp>
 #include <qprob/model/weights.hpp>

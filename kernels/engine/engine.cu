@@ -76,6 +76,10 @@ std::vector<quantized_layer> engine::quantize(const quantize_settings& settings,
                                               const quantize_progress& progress) {
   return impl_->quantize(settings, windows, progress);
 }
+void engine::set_quantized_weight(std::int64_t layer, model::tensor_role role, const reference::quantized_weight& q,
+                                  const quant::runtime_policy& policy) {
+  impl_->set_quantized_weight(layer, role, q, policy);
+}
 engine_stats engine::stats() const { return impl_->stats(); }
 
 }  // namespace qprob::engine

@@ -14,8 +14,10 @@
 // model's); (4) metrics, samples and results.json. Every file is written atomically; a rerun (also after an
 // interruption) skips each phase whose inputs are unchanged and redoes the rest.
 //
-// Only the host reference path (device "cpu", tiny models) exists; the GPU path will plug a GPU scorer and
-// quantizer into the same phases. Layer: compare (host only; needs qprob::tokenizer).
+// The phases run on a compare_backend: cpu_backend (device "cpu": the double-precision host reference forward
+// pass and quantizer, tiny models) or gpu_backend (device "cuda", compare/gpu_backend.hpp: the GPU engine, which
+// quantizes in place and then evaluates the checkpoint as loaded back). Layer: compare (host only; needs
+// qprob::tokenizer; the GPU backend also qprob::kernels).
 
 #include <qprob/compare/cache.hpp>
 #include <qprob/compare/cpu_quantizer.hpp>
@@ -41,6 +43,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -68,6 +71,53 @@ struct compare_options {
   bool progress = true;
   /// Log sink (one line per call, without '\n'); default: stdout.
   std::function<void(const std::string&)> log;
+};
+
+/// The engine a compare run works with. The job calls full_scorer() for phase 1, quantize() in phase 2 (unless
+/// a checkpoint is reused or given), then quantized_scorer() with the checkpoint as loaded back for phase 3.
+class compare_backend {
+public:
+  virtual ~compare_backend() = default;
+  compare_backend()                                  = default;
+  compare_backend(const compare_backend&)            = delete;
+  compare_backend& operator=(const compare_backend&) = delete;
+
+  [[nodiscard]] virtual const model::model_config& config() const = 0;
+  [[nodiscard]] virtual std::int64_t parameters() const = 0;
+  [[nodiscard]] virtual std::int64_t max_length() const = 0;
+  [[nodiscard]] virtual eval::scorer& full_scorer() = 0;
+  /// Quantizes the block linears `linears` (checkpoint layout) and returns them with per-layer reports.
+  virtual quantize_result quantize(const std::vector<block_linear>& linears, const quantize_settings& s,
+                                   const std::vector<std::vector<std::int32_t>>& windows, const quantize_progress& progress) = 0;
+  /// The quantized model: the full model with the checkpoint's block linears dequantized. May reuse the full
+  /// model's engine (full_scorer() must not be used afterwards).
+  [[nodiscard]] virtual eval::scorer& quantized_scorer(const quant::gptq_checkpoint& ckpt) = 0;
+};
+
+/// The host reference path: exact, single-threaded, for tiny models.
+class cpu_backend final : public compare_backend {
+public:
+  explicit cpu_backend(const std::filesystem::path& model_dir)
+      : full_(reference::reference_model::from_directory(model_dir)) {}
+  [[nodiscard]] const model::model_config& config() const override { return full_.model().config(); }
+  [[nodiscard]] std::int64_t parameters() const override { return full_.model().parameters(); }
+  [[nodiscard]] std::int64_t max_length() const override { return full_.max_length(); }
+  [[nodiscard]] eval::scorer& full_scorer() override { return full_; }
+  quantize_result quantize(const std::vector<block_linear>& linears, const quantize_settings& s,
+                           const std::vector<std::vector<std::int32_t>>& windows, const quantize_progress& progress) override {
+    auto work = full_.model();  // copy: becomes the quantized model
+    return quantize_model(work, linears, s, windows, progress);
+  }
+  [[nodiscard]] eval::scorer& quantized_scorer(const quant::gptq_checkpoint& ckpt) override {
+    auto qmodel = full_.model();
+    apply_dequantized(qmodel, ckpt);
+    quantized_ = std::make_unique<eval::reference_scorer>(std::move(qmodel), full_.max_length());
+    return *quantized_;
+  }
+
+private:
+  eval::reference_scorer full_;
+  std::unique_ptr<eval::reference_scorer> quantized_;
 };
 
 /// What the job did, for callers and tests.
@@ -254,6 +304,16 @@ inline ojson seed_block(const metrics::choice_scores& s, const metrics::metric_o
   return o;
 }
 
+/// The checks every run starts with (before any model is loaded).
+inline void check_options(const compare_options& opt) {
+  QPROB_CHECK(!opt.tasks.empty(), "compare: --tasks names no task");
+  QPROB_CHECK(opt.batch_size > 0, "compare: batch size must be at least 1");
+  for (const auto& d : {opt.model_dir, opt.data_dir}) {
+    std::error_code ec;
+    QPROB_CHECK(std::filesystem::is_directory(d, ec), "compare: ", d.string(), " is not a directory");
+  }
+}
+
 inline std::string read_all(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   std::stringstream ss;
@@ -265,7 +325,8 @@ inline std::string read_all(const std::filesystem::path& p) {
 
 /// Runs the whole job (see the header comment). Prints progress and log lines; returns what it did.
 /// @throws invalid_argument / format_error for bad options, models, data or checkpoints.
-inline compare_outcome run_compare(const compare_options& opt) {
+/// Runs the job on `backend` (see compare_backend).
+inline compare_outcome run_compare(const compare_options& opt, compare_backend& backend) {
   namespace fs = std::filesystem;
   using clock = std::chrono::steady_clock;
   const auto log = [&](const std::string& s) {
@@ -276,13 +337,7 @@ inline compare_outcome run_compare(const compare_options& opt) {
       std::fflush(stdout);
     }
   };
-  QPROB_CHECK(opt.device == "cpu", "compare: --device ", opt.device, ": the GPU engine is not built yet");
-  QPROB_CHECK(!opt.tasks.empty(), "compare: --tasks names no task");
-  QPROB_CHECK(opt.batch_size > 0, "compare: batch size must be at least 1");
-  for (const auto& d : {opt.model_dir, opt.data_dir}) {
-    std::error_code ec;
-    QPROB_CHECK(fs::is_directory(d, ec), "compare: ", d.string(), " is not a directory");
-  }
+  job_detail::check_options(opt);
   const auto t_start = clock::now();
   fs::create_directories(opt.out_dir / "cache");
   compare_outcome outcome;
@@ -295,10 +350,11 @@ inline compare_outcome run_compare(const compare_options& opt) {
     task_data.push_back(std::move(t));
   }
   const auto tok        = tokenizer::from_directory(opt.model_dir);
-  eval::reference_scorer full(reference::reference_model::from_directory(opt.model_dir));
+  auto& full            = backend.full_scorer();
+  const std::string scorer_name = full.name();
   const std::string model_hash = file_set_hash(opt.model_dir);
-  log("model " + opt.model_dir.string() + ": " + std::to_string(full.model().parameters()) + " parameters, sha256 " +
-      model_hash.substr(0, 16) + "..., scorer " + full.name());
+  log("model " + opt.model_dir.string() + ": " + std::to_string(backend.parameters()) + " parameters, sha256 " +
+      model_hash.substr(0, 16) + "..., scorer " + scorer_name);
 
   metrics::metric_options mo;  // the correct definitions (docs/metrics.md)
   if (opt.seed_compat) {
@@ -354,7 +410,7 @@ inline compare_outcome run_compare(const compare_options& opt) {
   };
 
   // ---- phase 1: full model ---------------------------------------------------------------------------------
-  const auto full_results = evaluate_all(full, full.max_length(), "files:" + model_hash, "full", outcome.reused_full);
+  const auto full_results = evaluate_all(full, backend.max_length(), "files:" + model_hash, "full", outcome.reused_full);
 
   // ---- phase 2: quantization -------------------------------------------------------------------------------
   ojson qblock;
@@ -402,10 +458,9 @@ inline compare_outcome run_compare(const compare_options& opt) {
         windows = quant::calibration_windows(opt.calib, tok);
       }
       const auto linears = block_linears(opt.model_dir);
-      auto work          = full.model();  // copy: becomes the quantized model
       eval::progress_bar bar("quantize " + std::string(to_string(qs.method)), opt.progress);
       const auto t0  = clock::now();
-      const auto res = quantize_model(work, linears, qs, windows, [&](std::size_t d, std::size_t n) { bar.update(d, n); });
+      const auto res = backend.quantize(linears, qs, windows, [&](std::size_t d, std::size_t n) { bar.update(d, n); });
       bar.finish();
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
       quant::gptq_save_options so;
@@ -444,8 +499,6 @@ inline compare_outcome run_compare(const compare_options& opt) {
   }
   // Both paths evaluate the checkpoint as loaded back, so --quantized <out>/quantized reproduces the numbers.
   const auto ckpt = quant::load_gptq_checkpoint(ckpt_dir);
-  auto qmodel     = full.model();
-  apply_dequantized(qmodel, ckpt);
   {
     const auto& rp  = ckpt.quant.policy;
     std::string lab = opt.quantized_dir ? std::string("GPTQ ckpt") : (opt.quant.method == quant_method::rtn ? "RTN" : "GPTQ");
@@ -459,8 +512,8 @@ inline compare_outcome run_compare(const compare_options& opt) {
   qblock["checkpoint_sha256"] = ckpt_hash;
 
   // ---- phase 3: quantized model ----------------------------------------------------------------------------
-  eval::reference_scorer quantized(std::move(qmodel), full.max_length());
-  const auto quant_results = evaluate_all(quantized, quantized.max_length(),
+  auto& quantized           = backend.quantized_scorer(ckpt);
+  const auto quant_results = evaluate_all(quantized, backend.max_length(),
                                           "files:" + model_hash + "+gptq:" + ckpt_hash, "quantized",
                                           outcome.reused_quantized);
 
@@ -489,11 +542,11 @@ inline compare_outcome run_compare(const compare_options& opt) {
       const auto nf     = job_detail::next_token_view(t, rf);
       const auto nq     = job_detail::next_token_view(t, rq);
       tj["answers"]     = t.docs.front().choices;
-      tj["vocab_size"]  = full.model().vocab_size();
+      tj["vocab_size"]  = backend.config().vocab_size;
       tj["lm_eval_metrics"] = std::move(lm);
       tj["full"]        = job_detail::next_token_model_block(sf.sum, nf);
       tj["quantized"]   = job_detail::next_token_model_block(sq.sum, nq);
-      tj["paired"]      = job_detail::next_token_paired_block(nf, nq, mo, full.model().vocab_size());
+      tj["paired"]      = job_detail::next_token_paired_block(nf, nq, mo, backend.config().vocab_size);
       tj["samples"]     = ojson{{"full", samples_full}, {"quantized", samples_quant}};
       tasks_json[t.task] = std::move(tj);
       continue;
@@ -528,8 +581,8 @@ inline compare_outcome run_compare(const compare_options& opt) {
   ojson doc;
   doc["format"] = results_format;
   doc["model"]  = ojson{{"path", opt.model_dir.string()}, {"name", opt.model_dir.filename().string()},
-                        {"family", std::string(model::to_string(full.model().config().model_family))},
-                        {"parameters", full.model().parameters()}, {"sha256", model_hash},
+                        {"family", std::string(model::to_string(backend.config().model_family))},
+                        {"parameters", backend.parameters()}, {"sha256", model_hash},
                         {"hash_method", "sha256 over name, size and full bytes of each file (<= 64 MiB; larger: "
                                         "first/last MiB + mtime)"}};
   doc["quantization"] = std::move(qblock);
@@ -549,9 +602,9 @@ inline compare_outcome run_compare(const compare_options& opt) {
                                   {"ace", "equal_mass_top_label"}, {"ace_ranges", mo.ace_ranges}};
   doc["settings"] = ojson{{"tasks", opt.tasks}, {"data_dir", opt.data_dir.string()},
                           {"limit", opt.limit ? ojson(*opt.limit) : ojson(nullptr)}, {"batch_size", opt.batch_size_arg},
-                          {"num_fewshot", 0}, {"max_length", full.max_length()}};
+                          {"num_fewshot", 0}, {"max_length", backend.max_length()}};
   doc["metric_options"] = std::move(mob);
-  doc["software"] = ojson{{"qprob_version", version_string}, {"device", opt.device}, {"scorer", full.name()},
+  doc["software"] = ojson{{"qprob_version", version_string}, {"device", opt.device}, {"scorer", scorer_name},
                           {"precision", "float64 host reference; quantized linears as fp16 dequantized weights"},
 #if defined(__clang__)
                           {"compiler", "clang " __clang_version__},
@@ -614,6 +667,16 @@ inline compare_outcome run_compare(const compare_options& opt) {
            "changed, p_t = t-test on conf\n";
   }
   return out;
+}
+
+/// Runs the job on the host reference path (device "cpu"); device "cuda" needs compare/gpu_backend.hpp.
+/// @throws invalid_argument for another device.
+inline compare_outcome run_compare(const compare_options& opt) {
+  QPROB_CHECK(opt.device == "cpu", "compare: --device ", opt.device,
+              " needs the GPU backend (compare/gpu_backend.hpp, linked with qprob::kernels)");
+  job_detail::check_options(opt);
+  cpu_backend backend(opt.model_dir);
+  return run_compare(opt, backend);
 }
 
 }  // namespace qprob::compare

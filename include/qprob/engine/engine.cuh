@@ -63,6 +63,8 @@ public:
   [[nodiscard]] virtual std::vector<quantized_layer> quantize(const quantize_settings& settings,
                                                                std::span<const std::vector<token_id>> windows,
                                                                const quantize_progress& progress) = 0;
+  virtual void set_quantized_weight(std::int64_t layer, model::tensor_role role, const reference::quantized_weight& q,
+                                    const quant::runtime_policy& policy) = 0;
   [[nodiscard]] virtual engine_stats stats() const = 0;
 };
 
@@ -441,6 +443,67 @@ public:
         using P = typename decltype(tag)::type;
         return quantize_with<P>(settings, windows, progress);
       });
+    }
+  }
+
+  void set_quantized_weight(std::int64_t layer_index, model::tensor_role role, const reference::quantized_weight& q,
+                            const quant::runtime_policy& policy) override {
+    if constexpr (!std::is_same_v<Act, half_t>) {
+      throw invalid_argument("engine::set_quantized_weight: quantized checkpoints dequantize to fp16; load the model "
+                             "with dtype f16 (this engine is bf16)");
+    } else {
+      QPROB_CHECK(layer_index >= 0 && layer_index < cfg_.num_layers, "engine::set_quantized_weight: layer ", layer_index,
+                  " outside [0, ", cfg_.num_layers, ")");
+      auto& L            = layers_[static_cast<std::size_t>(layer_index)];
+      const auto slices  = slices_of(L);
+      const bool fused   = role == model::tensor_role::qkv;
+      const linear_slice* target = nullptr;
+      for (const auto& sl : slices) {
+        if (sl.role == (fused ? model::tensor_role::q : role)) {
+          target = &sl;
+        }
+      }
+      QPROB_CHECK(target != nullptr, "engine::set_quantized_weight: layer ", layer_index, " has no ", model::to_string(role));
+      const std::int64_t n = fused ? 3 * cfg_.num_heads * cfg_.head_dim : target->rows;
+      const std::int64_t k = target->lin->in;
+      QPROB_CHECK(fused == (cfg_.model_family == model::family::bloom) || !fused,
+                  "engine::set_quantized_weight: a fused qkv belongs to BLOOM only");
+      QPROB_CHECK(q.n == n && q.k == k, "engine::set_quantized_weight: layer ", layer_index, " ", model::to_string(role),
+                  " is [", q.n, ", ", q.k, "] in the checkpoint but [", n, ", ", k, "] in the model");
+      device_buffer<half_t> deq(n * k, stream_);
+      quant::dispatch_policy(policy, [&](auto tag) {
+        using P          = typename decltype(tag)::type;
+        const auto words = P::packed_words(k), groups = P::groups(k);
+        QPROB_CHECK(static_cast<std::int64_t>(q.qweight.size()) == words * n &&
+                        static_cast<std::int64_t>(q.scales.size()) == groups * n &&
+                        static_cast<std::int64_t>(q.zeros.size()) == groups * n,
+                    "engine::set_quantized_weight: layer ", layer_index, " ", model::to_string(role),
+                    ": qweight/scales/zeros sizes do not match ", quant::describe(policy));
+        device_buffer<std::uint32_t> qw(std::span<const std::uint32_t>(q.qweight), stream_);
+        device_buffer<half_t> sc(std::span<const half_t>(q.scales), stream_);
+        device_buffer<std::uint8_t> z(std::span<const std::uint8_t>(q.zeros), stream_);
+        device_buffer<std::int32_t> g(std::span<const std::int32_t>(q.g_idx), stream_);
+        quant::dequantize<P>(std::as_const(qw).view(words, n), std::as_const(sc).view(groups, n), std::as_const(z).view(groups, n),
+                             q.g_idx.empty() ? nullptr : g.data(), deq.view(n, k), stream_);
+        stream_.synchronize();  // the uploads read host memory owned by the caller
+        return 0;
+      });
+      const auto bytes = static_cast<std::size_t>(k) * sizeof(half_t);
+      if (!fused) {
+        QPROB_CUDA_TRY(cudaMemcpyAsync(target->lin->w.data() + target->row0 * k, deq.data(), static_cast<std::size_t>(n) * bytes,
+                                       cudaMemcpyDeviceToDevice, stream_));
+      } else {  // BLOOM: fused row bloom_qkv_row(which, head, d) is row head * D + d of q, k or v
+        const auto D = cfg_.head_dim, part = cfg_.num_heads * D;
+        for (int which = 0; which < 3; ++which) {
+          for (std::int64_t h = 0; h < cfg_.num_heads; ++h) {
+            // The D rows of one head are contiguous on both sides.
+            QPROB_CUDA_TRY(cudaMemcpyAsync(L.qkv.w.data() + (which * part + h * D) * k,
+                                           deq.data() + model::bloom_qkv_row(which, h, 0, D) * k,
+                                           static_cast<std::size_t>(D) * bytes, cudaMemcpyDeviceToDevice, stream_));
+          }
+        }
+      }
+      stream_.synchronize();
     }
   }
 

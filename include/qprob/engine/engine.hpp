@@ -131,6 +131,12 @@ public:
   std::vector<quantized_layer> quantize(const quantize_settings& settings, std::span<const std::vector<token_id>> windows,
                                         const quantize_progress& progress = {});
 
+  /// Replaces block linear (layer, role) by the dequantization of `q` (checkpoint layout; BLOOM's fused qkv is
+  /// split into q, k and v), computed on the GPU with the preset of `policy`: loading a GPTQ checkpoint.
+  /// @throws invalid_argument for a bf16 engine, a role or shape the model does not have, a policy without a preset.
+  void set_quantized_weight(std::int64_t layer, model::tensor_role role, const reference::quantized_weight& q,
+                            const quant::runtime_policy& policy);
+
   [[nodiscard]] engine_stats stats() const;
 
 private:

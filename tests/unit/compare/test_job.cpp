@@ -2,7 +2,8 @@
 // The compare job (compare/job.hpp) on stories260K: a rerun reuses every phase with identical numbers; a
 // truncated, altered or foreign cache file is ignored and recomputed; --quantized <out>/quantized reproduces
 // the quantized evaluation; the saved checkpoint loads back and holds exactly the RTN codes of the model's
-// weights; GPTQ's calibrated layers reconstruct their outputs better than RTN's; --device cuda is refused; a tiny
+// weights; GPTQ's calibrated layers reconstruct their outputs better than RTN's; the host-only run_compare refuses
+// --device cuda (that is compare/gpu_backend.hpp's); a tiny
 // random BLOOM model (stories260K's tokenizer) runs end to end with its fused query_key_value; next-token
 // (Price-of-Efficiency) tasks are scored, cached and paired.
 #include <qprob/compare/job.hpp>
@@ -249,7 +250,7 @@ TEST_CASE("compare: GPTQ reconstructs layer 0's outputs on the calibration windo
   }
 }
 
-TEST_CASE("compare: --device cuda and desc_act with RTN are refused with a clear message") {
+TEST_CASE("compare: the host run_compare refuses --device cuda, and desc_act with RTN, with a clear message") {
   const auto s = shared();
   if (!s) {
     return;
@@ -257,7 +258,7 @@ TEST_CASE("compare: --device cuda and desc_act with RTN are refused with a clear
   qprob::test::temp_dir tmp("compare_refuse");
   auto o   = small_job(*s, tmp / "out");
   o.device = "cuda";
-  CHECK_THROWS_WITH_AS(qprob::compare::run_compare(o), doctest::Contains("the GPU engine is not built yet"),
+  CHECK_THROWS_WITH_AS(qprob::compare::run_compare(o), doctest::Contains("--device cuda needs the GPU backend"),
                        qprob::invalid_argument);
   o.device              = "cpu";
   o.quant.policy.desc_act = true;
