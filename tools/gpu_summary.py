@@ -104,6 +104,25 @@ def hellaswag_table(merged):
         print("transformers baseline: not run (bench/hellaswag_transformers.py)")
 
 
+def gemv_table(merged):
+    """int GEMV (bench_gemv) against cuBLAS fp16 on the same shape, from the same run: the speedup per shape."""
+    bench = [b for b in merged.get("bench_gemv", {}).get("benchmarks", []) if b.get("run_type") != "aggregate"]
+    if not bench:
+        return
+    def key(name):  # "BM_int_gemv<qprob::policies::int4_g128>/16/11008/4096/manual_time" -> (kind, "16/11008/4096")
+        parts = name.split("/")
+        return parts[0], "/".join(p for p in parts[1:] if p != "manual_time")
+    cublas = {key(b["name"])[1]: b["real_time"] for b in bench if key(b["name"])[0] == "BM_cublas_fp16"}
+    print(f"\n{'int GEMV vs cuBLAS fp16 (M/N/K)':<56}{'time':>10}{'cuBLAS':>10}{'speedup':>9}  (goal >= 3.5x, M <= 16)")
+    for b in bench:
+        kind, shape = key(b["name"])
+        if kind == "BM_cublas_fp16" or shape not in cublas:
+            continue
+        policy = kind.split("::")[-1].rstrip(">") if "::" in kind else kind
+        t = b["real_time"]
+        print(f"{policy + ' ' + shape:<56}{t:>10.2f}{cublas[shape]:>10.2f}{cublas[shape] / t:>8.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -182,6 +201,7 @@ def main():
         if copy:
             print(f"measured device-to-device copy bandwidth: {copy:.0f} GB/s (read + write)")
     hellaswag_table(merged)
+    gemv_table(merged)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ done
 if [ "$want_tokenizers" = 1 ]; then
   copy "$shared/tokenizers" .shared/tokenizers
 fi
-# --debs: the tokenizer's development packages (PCRE2, ICU; ~21 MB) as .deb files in .debs/, which
+# --debs: the tokenizer's development packages (PCRE2, ICU, SentencePiece; ~23 MB) as .deb files in .debs/, which
 # tools/gpu-check.sh unpacks on the GPU machine (dpkg -x, no install) so that qprob::tokenizer, the eval drivers
 # and `qprob compare` build there too. Name .debs in `carry` as well.
 if [ "$want_debs" = 1 ]; then
   rm -rf .debs && mkdir -p .debs
   (cd .debs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
-      libicu-dev libicu72 >/dev/null 2>&1) || { echo "stage-gpu: apt-get download failed" >&2; exit 1; }
+      libicu-dev libicu72 libsentencepiece-dev libsentencepiece0 libprotobuf-lite32 >/dev/null 2>&1) || { echo "stage-gpu: apt-get download failed" >&2; exit 1; }
   du -sh .debs | sed 's/^/stage-gpu: /'
 fi
 copy /usr/include/nlohmann .deps/include/nlohmann

@@ -21,6 +21,9 @@ std::unique_ptr<detail::engine_impl> make_impl(const model::model_config& cfg, c
   if (t == activation_type::bf16) {
     return std::make_unique<detail::engine_impl_t<bfloat16_t>>(cfg, options);
   }
+  if (t == activation_type::f32) {
+    return std::make_unique<detail::engine_impl_t<float>>(cfg, options);
+  }
   return std::make_unique<detail::engine_impl_t<half_t>>(cfg, options);
 }
 
@@ -28,8 +31,10 @@ template <class F>
 void with_impl(detail::engine_impl& impl, F&& f) {
   if (auto* p = dynamic_cast<detail::engine_impl_t<half_t>*>(&impl)) {
     f(*p);
+  } else if (auto* b = dynamic_cast<detail::engine_impl_t<bfloat16_t>*>(&impl)) {
+    f(*b);
   } else {
-    f(dynamic_cast<detail::engine_impl_t<bfloat16_t>&>(impl));
+    f(dynamic_cast<detail::engine_impl_t<float>&>(impl));
   }
 }
 
@@ -59,7 +64,14 @@ engine::~engine()                            = default;
 const model::model_config& engine::config() const noexcept { return impl_->config(); }
 activation_type engine::dtype() const noexcept { return impl_->dtype(); }
 std::int64_t engine::max_length() const noexcept { return impl_->max_length(); }
-std::string engine::name() const { return impl_->dtype() == activation_type::f16 ? "qprob-cuda-f16" : "qprob-cuda-bf16"; }
+std::string engine::name() const {
+  switch (impl_->dtype()) {
+    case activation_type::f16: return "qprob-cuda-f16";
+    case activation_type::bf16: return "qprob-cuda-bf16";
+    case activation_type::f32: return "qprob-cuda-f32";
+  }
+  return "qprob-cuda";
+}
 
 std::vector<request_score> engine::score(std::span<const token_request> requests, bool token_logprobs, bool share_prefixes) {
   return impl_->score(requests, token_logprobs, share_prefixes);

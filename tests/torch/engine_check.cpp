@@ -2,10 +2,10 @@
 // Driver of tests/torch/test_engine_parity.py: runs qprob's GPU engine on token ids given as JSON and writes
 // what the Python side compares with transformers (float32 reference).
 //
-//   qprob_engine_check logits --model DIR --dtype f16|bf16 --tokens IN.json --out OUT.bin
+//   qprob_engine_check logits --model DIR --dtype f16|bf16|f32 --tokens IN.json --out OUT.bin
 //       IN: {"sequences": [[id, ...], ...]}; OUT: little-endian float32, the (T_i, vocab) logits of every
 //       sequence concatenated in order (positions start at 0 for each sequence; nothing is prepended)
-//   qprob_engine_check score --model DIR --dtype f16|bf16 --requests IN.json --out OUT.json [--no-share]
+//   qprob_engine_check score --model DIR --dtype f16|bf16|f32 --requests IN.json --out OUT.json [--no-share]
 //       IN: {"requests": [{"context": [...], "continuation": [...]}, ...]} (the --write-requests format of
 //       qprob-eval-<task>); OUT: {"scorer", "results": [{"loglik", "is_greedy", "token_logprobs"}, ...]}
 // Outputs are written atomically. Exit status 0 on success, 1 with a message on any error, 2 for usage.
@@ -53,8 +53,8 @@ std::vector<token_id> ids_of(const nlohmann::json& j, const std::string& file, c
 
 int usage() {
   std::fprintf(stderr,
-               "usage: qprob_engine_check logits --model DIR --dtype f16|bf16 --tokens IN.json --out OUT.bin\n"
-               "       qprob_engine_check score --model DIR --dtype f16|bf16 --requests IN.json --out OUT.json [--no-share]\n");
+               "usage: qprob_engine_check logits --model DIR --dtype f16|bf16|f32 --tokens IN.json --out OUT.bin\n"
+               "       qprob_engine_check score --model DIR --dtype f16|bf16|f32 --requests IN.json --out OUT.json [--no-share]\n");
   return 2;
 }
 
@@ -87,13 +87,15 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (model.empty() || out.empty() || (dtype != "f16" && dtype != "bf16") || (mode == "logits" && tokens.empty()) ||
+  if (model.empty() || out.empty() || (dtype != "f16" && dtype != "bf16" && dtype != "f32") || (mode == "logits" && tokens.empty()) ||
       (mode == "score" && requests.empty()) || (mode != "logits" && mode != "score")) {
     return usage();
   }
   try {
     qprob::engine::engine_options o;
-    o.dtype  = dtype == "f16" ? qprob::engine::activation_type::f16 : qprob::engine::activation_type::bf16;
+    o.dtype  = dtype == "f16"    ? qprob::engine::activation_type::f16
+               : dtype == "bf16" ? qprob::engine::activation_type::bf16
+                                 : qprob::engine::activation_type::f32;
     auto eng = qprob::engine::engine::from_directory(model, o);
     if (mode == "logits") {
       const auto j = read_json(tokens);

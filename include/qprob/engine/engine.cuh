@@ -91,7 +91,7 @@ __global__ void squared_difference_kernel(const T* __restrict__ a, const T* __re
 
 template <class Act>
 constexpr cudaDataType_t cuda_type() noexcept {
-  return std::is_same_v<Act, half_t> ? CUDA_R_16F : CUDA_R_16BF;
+  return std::is_same_v<Act, half_t> ? CUDA_R_16F : std::is_same_v<Act, bfloat16_t> ? CUDA_R_16BF : CUDA_R_32F;
 }
 
 inline std::int64_t round_up(std::int64_t v, std::int64_t m) noexcept { return (v + m - 1) / m * m; }
@@ -327,7 +327,9 @@ public:
 
   [[nodiscard]] const model::model_config& config() const noexcept override { return cfg_; }
   [[nodiscard]] activation_type dtype() const noexcept override {
-    return std::is_same_v<Act, half_t> ? activation_type::f16 : activation_type::bf16;
+    return std::is_same_v<Act, half_t> ? activation_type::f16
+           : std::is_same_v<Act, bfloat16_t> ? activation_type::bf16
+                                             : activation_type::f32;
   }
   [[nodiscard]] std::int64_t max_length() const noexcept override { return max_length_; }
 
@@ -434,7 +436,7 @@ public:
                                                        const quantize_progress& progress) override {
     if constexpr (!std::is_same_v<Act, half_t>) {
       throw invalid_argument("engine::quantize: the GPU quantizer's presets compute in fp16; load the model with "
-                             "dtype f16 (this engine is bf16)");
+                             "dtype f16 (this engine is not)");
     } else {
       QPROB_CHECK(settings.use_gptq || !settings.policy.desc_act,
                   "engine::quantize: desc_act needs GPTQ (act-order is GPTQ's column order; RTN has none)");
@@ -450,7 +452,7 @@ public:
                             const quant::runtime_policy& policy) override {
     if constexpr (!std::is_same_v<Act, half_t>) {
       throw invalid_argument("engine::set_quantized_weight: quantized checkpoints dequantize to fp16; load the model "
-                             "with dtype f16 (this engine is bf16)");
+                             "with dtype f16 (this engine is not)");
     } else {
       QPROB_CHECK(layer_index >= 0 && layer_index < cfg_.num_layers, "engine::set_quantized_weight: layer ", layer_index,
                   " outside [0, ", cfg_.num_layers, ")");

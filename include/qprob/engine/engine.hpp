@@ -26,7 +26,10 @@
 
 namespace qprob::engine {
 
-enum class activation_type : std::uint8_t { f16, bf16 };
+/// Weights and activations of the engine. f32 (cuBLAS SGEMM, no TF32) is for exact comparisons on small models
+/// (e.g. parity with a float32 reference, or a full model that is not itself rounded to 16 bits); quantization
+/// and quantized checkpoints need f16.
+enum class activation_type : std::uint8_t { f16, bf16, f32 };
 
 struct engine_options {
   /// Weights and activations; nullopt: bf16 when the checkpoint (config dtype) is bf16, else f16.
@@ -106,7 +109,7 @@ public:
   [[nodiscard]] const model::model_config& config() const noexcept;
   [[nodiscard]] activation_type dtype() const noexcept;
   [[nodiscard]] std::int64_t max_length() const noexcept;
-  [[nodiscard]] std::string name() const;  ///< "qprob-cuda-f16" / "qprob-cuda-bf16"
+  [[nodiscard]] std::string name() const;  ///< "qprob-cuda-f16" / "qprob-cuda-bf16" / "qprob-cuda-f32"
 
   /// lm-eval loglikelihood of every request; result i answers requests[i], bit-identical whatever the other
   /// requests are. `share_prefixes=false` computes each request's context separately (same results).

@@ -39,7 +39,16 @@ using qprob::engine::activation_type;
 using qprob::engine::token_id;
 using ids = std::vector<token_id>;
 
-double unit_roundoff(activation_type t) { return t == activation_type::f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8); }
+/// The rounding unit of the engine's activations; for f32 (no rounding to 16 bits) the float32 accumulation
+/// error over the tiny models' dot products, 2^-24 sqrt(K) with K <= 256, is taken as 2^-20.
+double unit_roundoff(activation_type t) {
+  switch (t) {
+    case activation_type::f16: return std::ldexp(1.0, -11);
+    case activation_type::bf16: return std::ldexp(1.0, -8);
+    case activation_type::f32: return std::ldexp(1.0, -20);
+  }
+  return 1.0;
+}
 
 /// The tiny model of `family` with every weight rounded to `t`, so that the reference sees the engine's weights.
 nlohmann::json write_rounded_model(const std::filesystem::path& dir, const std::string& family, activation_type t,
@@ -51,7 +60,11 @@ nlohmann::json write_rounded_model(const std::filesystem::path& dir, const std::
   auto w = qprob::test::tiny_weights(cfg, seed);
   for (auto& [name, v] : w) {
     for (auto& x : v) {
-      x = t == activation_type::f16 ? qprob::to_float(qprob::to_half(x)) : qprob::to_float(qprob::to_bfloat16(x));
+      if (t == activation_type::f16) {
+        x = qprob::to_float(qprob::to_half(x));
+      } else if (t == activation_type::bf16) {
+        x = qprob::to_float(qprob::to_bfloat16(x));
+      }
     }
   }
   qprob::test::write_model(dir, cfg, w);
@@ -136,13 +149,14 @@ std::vector<qprob::engine::token_request> views(const std::vector<owned>& rs) {
 
 }  // namespace
 
-TEST_CASE("engine logits match the reference on tiny models of every family (fp16 and bf16)") {
+TEST_CASE("engine logits match the reference on tiny models of every family (fp16, bf16 and f32)") {
   auto rng = qprob::test::make_rng(0xe11);
   INFO("seed ", qprob::test::run_seed());
   qprob::test::temp_dir tmp("engine_families");
-  for (const auto t : {activation_type::f16, activation_type::bf16}) {
+  for (const auto t : {activation_type::f16, activation_type::bf16, activation_type::f32}) {
+    const char* tname = t == activation_type::f16 ? "f16" : t == activation_type::bf16 ? "bf16" : "f32";
     for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi", "phi_noqk"}) {
-      const auto dir = tmp.path() / (family + (t == activation_type::f16 ? "_f16" : "_bf16"));
+      const auto dir = tmp.path() / (family + "_" + tname);
       write_rounded_model(dir, family, t, rng());
       const auto ref = qprob::reference::reference_model::from_directory(dir);
       qprob::engine::engine_options o;
@@ -159,7 +173,7 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
         CAPTURE(T);
         CAPTURE(c.max_abs_diff);
         CAPTURE(c.bound);
-        MESSAGE(family, (t == activation_type::f16 ? " f16" : " bf16"), " T=", T, ": max |diff| ", c.max_abs_diff,
+        MESSAGE(family, " ", tname, " T=", T, ": max |diff| ", c.max_abs_diff,
                 " (bound ", c.bound, ", max |logit| ", c.max_abs_ref, "), argmax mismatches ", c.argmax_mismatch, " of ",
                 c.decided_rows, " decided rows");
         CHECK(c.max_abs_diff <= c.bound);
@@ -203,16 +217,25 @@ TEST_CASE("stories260K: logits, loglikelihoods and next tokens match the referen
   CHECK(c.max_abs_diff <= c.bound);
   CHECK(c.argmax_mismatch == 0);
 
-  // Loglikelihoods of lm-eval-shaped requests: within 1e-2 absolute (the issue's bar against transformers).
+  // Loglikelihoods of lm-eval-shaped requests. A log-softmax moves by at most twice the largest logit error,
+  // so fp16's bound per request is 2 n c.bound (n continuation tokens); the f32 engine (float32 weights, as
+  // the checkpoint stores them) must be within the issue's 1e-2 of the double reference, with margin.
   const auto rs   = question_requests(rng, 12, V);
   const auto v    = views(rs);
   const auto got  = eng.score(v, true);
-  double worst    = 0;
+  qprob::engine::engine_options o32;
+  o32.dtype       = activation_type::f32;
+  auto eng32      = qprob::engine::engine::from_directory(dir, o32);
+  const auto got32 = eng32.score(v, true);
+  double worst = 0, worst32 = 0;
   std::size_t greedy_agree = 0;
   for (std::size_t i = 0; i < rs.size(); ++i) {
     const auto want = qprob::reference::loglikelihood(ref, rs[i].context, rs[i].continuation);
-    worst           = std::max(worst, std::abs(got[i].loglik - want.sum));
-    greedy_agree += got[i].is_greedy == want.is_greedy ? 1 : 0;
+    const double n  = static_cast<double>(rs[i].continuation.size());
+    worst           = std::max(worst, std::abs(got[i].loglik - want.sum) / n);
+    worst32         = std::max(worst32, std::abs(got32[i].loglik - want.sum));
+    CHECK(std::abs(got[i].loglik - want.sum) <= 2.0 * n * c.bound);
+    greedy_agree += got32[i].is_greedy == want.is_greedy ? 1 : 0;
     REQUIRE(got[i].token_logprobs.size() == rs[i].continuation.size());
     double s = 0;
     for (const float x : got[i].token_logprobs) {
@@ -221,10 +244,10 @@ TEST_CASE("stories260K: logits, loglikelihoods and next tokens match the referen
     }
     CHECK(s == doctest::Approx(got[i].loglik).epsilon(1e-12));
   }
-  MESSAGE("stories260K loglik: worst |diff| ", worst, " over ", rs.size(), " requests; is_greedy agrees on ",
-          greedy_agree);
-  CHECK(worst <= 1e-2);
-  CHECK(greedy_agree >= rs.size() - 1);
+  MESSAGE("stories260K loglik: f16 worst |diff| per token ", worst, " (bound ", 2.0 * c.bound, "); f32 worst |diff| ",
+          worst32, " over ", rs.size(), " requests; f32 is_greedy agrees on ", greedy_agree);
+  CHECK(worst32 <= 1e-3);
+  CHECK(greedy_agree == rs.size());
 
   // Next token: argmax, its log-probability and the entropy.
   std::vector<ids> ctxs;

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+// Fused int GEMV (quant/gemv.cuh) against cuBLAS fp16 on the same shapes, same process: y (M x N) = x (M x K) W^T
+// for M = 1, 4, 8, 16 at Llama-2-7B's 4096 x 11008 (up/gate) and 11008 x 4096 (down). Counters: GB/s of the
+// bytes each must read (int4: packed codes + scales + zeros + x; cuBLAS: the fp16 weight + x), frac_of_copy
+// (over the device copy bandwidth measured here). tools/gpu_summary.py divides the cuBLAS time by the int4 time of
+// the same shape from this one run (the issue's goal: >= 3.5x for 1-16 rows). L2 is flushed before every
+// iteration.
+//
+//   bench_gemv --benchmark_min_time=0.2s
+#include <qprob/core/cublas.hpp>
+#include <qprob/policy/presets.hpp>
+#include <qprob/quant/gemv.cuh>
+#include <qprob/quant/rtn.cuh>
+
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "bench_common.hpp"
+
+namespace {
+
+namespace p = qprob::policies;
+
+std::vector<qprob::half_t> random_half(std::int64_t count, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  std::vector<qprob::half_t> v(static_cast<std::size_t>(count));
+  for (auto& x : v) {
+    x = qprob::to_half(g(rng));
+  }
+  return v;
+}
+
+void BM_cublas_fp16(benchmark::State& state) {
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  qprob::stream s;
+  qprob::cublas_handle blas(s.get());
+  const auto hw = random_half(n * k, 1), hx = random_half(m * k, 2);
+  qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
+  qprob::device_buffer<qprob::half_t> y(m * n, s);
+  const float alpha = 1.0f, beta = 0.0f;
+  qprob::bench::time_iterations(state, s, [&] {
+    QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                                  static_cast<int>(k), &alpha, w.data(), CUDA_R_16F, static_cast<int>(k), x.data(), CUDA_R_16F,
+                                  static_cast<int>(k), &beta, y.data(), CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+  });
+  const double bytes = static_cast<double>(n * k + m * k + m * n) * 2.0;
+  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["frac_of_copy"] =
+      benchmark::Counter(bytes / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+template <class P>
+void BM_int_gemv(benchmark::State& state) {
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  qprob::stream s;
+  const auto hw = random_half(n * k, 1), hx = random_half(m * k, 2);
+  qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
+  qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
+  qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
+  qprob::device_buffer<std::uint8_t> z(P::groups(k) * n, s);
+  qprob::quant::rtn_quantize<P>(std::as_const(w).view(n, k), q.view(P::packed_words(k), n), sc.view(P::groups(k), n),
+                                z.view(P::groups(k), n), s);
+  qprob::device_buffer<qprob::half_t> y(m * n, s);
+  qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(m, k, n), s);
+  qprob::bench::time_iterations(state, s, [&] {
+    qprob::quant::int_gemv<P>(std::as_const(x).view(m, k), std::as_const(q).view(P::packed_words(k), n),
+                              std::as_const(sc).view(P::groups(k), n), std::as_const(z).view(P::groups(k), n), nullptr,
+                              y.view(m, n), ws.data(), s);
+  });
+  const double bytes = static_cast<double>(q.bytes() + sc.bytes() + z.bytes() + m * k * 2 + m * n * 2);
+  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["frac_of_copy"] =
+      benchmark::Counter(bytes / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+#define QPROB_GEMV_SHAPES(B)                                                                                      \
+  B->Args({1, 11008, 4096})->Args({4, 11008, 4096})->Args({8, 11008, 4096})->Args({16, 11008, 4096})            \
+      ->Args({1, 4096, 11008})->Args({16, 4096, 11008})->UseManualTime()->Unit(benchmark::kMicrosecond)
+QPROB_GEMV_SHAPES(BENCHMARK(BM_cublas_fp16));
+QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int4_g128));
+QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int8_g128));
+
+BENCHMARK_MAIN();

@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+// int_gemv (quant/gemv.cuh) against a double-precision host product with the host-dequantized weights
+// (reference::rtn_quantize codes, reference dequantization): every row count 1..16, odd N, K with a partial
+// last group and several split-K slices, 2/3/4/8 bits, sym/asym, act-order g_idx. Outputs are poisoned first.
+//
+// Tolerance: the kernel accumulates in float32 (relative error ~ sqrt(K) * 2^-24 per output, far below) and
+// rounds the result to fp16 once (2^-11 relative), so |y - y_ref| <= 2^-10 * |y_ref| + 1e-3 * rms(y_ref) covers
+// the rounding with margin while any wrong code, scale, zero or group (errors of order |w|) fails it.
+#include <qprob/policy/presets.hpp>
+#include <qprob/quant/gemv.cuh>
+#include <qprob/reference/rtn.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "support.hpp"
+
+namespace p = qprob::policies;
+
+namespace {
+
+template <class P>
+void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shuffled_groups) {
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) {
+    v = qprob::to_half(0.05 * nd(rng));
+  }
+  auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  std::vector<std::int32_t> g_idx;
+  if (shuffled_groups) {  // act-order style: any valid group per input column
+    std::uniform_int_distribution<std::int32_t> g(0, static_cast<std::int32_t>(P::groups(k) - 1));
+    for (std::int64_t i = 0; i < k; ++i) {
+      g_idx.push_back(g(rng));
+    }
+  }
+  // Host dequantized weights, as the reference defines them (scale * (code - zero), in double).
+  std::vector<double> deq(static_cast<std::size_t>(n * k));
+  for (std::int64_t row = 0; row < n; ++row) {
+    for (std::int64_t col = 0; col < k; ++col) {
+      const auto grp   = g_idx.empty() ? col / P::group_width(k) : g_idx[static_cast<std::size_t>(col)];
+      const auto block = col / P::pack_block_values;
+      const std::uint32_t* words = q.qweight.data();
+      std::uint32_t blk[P::pack_block_words];
+      for (int ww = 0; ww < P::pack_block_words; ++ww) {
+        blk[ww] = words[(block * P::pack_block_words + ww) * n + row];
+      }
+      const auto code  = qprob::quant::unpack_code<P>(blk, static_cast<int>(col % P::pack_block_values));
+      const double s   = qprob::to_double(q.scales[static_cast<std::size_t>(grp * n + row)]);
+      const double z   = q.zeros[static_cast<std::size_t>(grp * n + row)];
+      deq[static_cast<std::size_t>(row * k + col)] = s * (static_cast<double>(code) - z);
+    }
+  }
+  cudaStream_t s = nullptr;
+  qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
+  qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
+  qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
+  qprob::device_buffer<std::int32_t> d_g(std::span<const std::int32_t>(g_idx), s);
+  for (std::int64_t rows = 1; rows <= 16; rows += (rows < 4 ? 1 : 5)) {
+    std::vector<qprob::half_t> x(static_cast<std::size_t>(rows * k));
+    for (auto& v : x) {
+      v = qprob::to_half(nd(rng));
+    }
+    qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
+    qprob::device_buffer<qprob::half_t> d_y(rows * n, s);
+    d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
+    qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(rows, k, n), s);
+    qprob::quant::int_gemv<P>(std::as_const(d_x).view(rows, k), std::as_const(d_q).view(P::packed_words(k), n),
+                              std::as_const(d_s).view(P::groups(k), n), std::as_const(d_z).view(P::groups(k), n),
+                              g_idx.empty() ? nullptr : d_g.data(), d_y.view(rows, n), ws.data(), s);
+    const auto y = d_y.to_host();
+    double rms = 0;
+    std::vector<double> ref(static_cast<std::size_t>(rows * n));
+    for (std::int64_t m = 0; m < rows; ++m) {
+      for (std::int64_t c = 0; c < n; ++c) {
+        double acc = 0;
+        for (std::int64_t i = 0; i < k; ++i) {
+          acc += qprob::to_double(x[static_cast<std::size_t>(m * k + i)]) * deq[static_cast<std::size_t>(c * k + i)];
+        }
+        ref[static_cast<std::size_t>(m * n + c)] = acc;
+        rms += acc * acc;
+      }
+    }
+    rms = std::sqrt(rms / static_cast<double>(ref.size()));
+    REQUIRE(rms > 0.0);
+    std::size_t bad = 0;
+    double worst    = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      const double got = qprob::to_double(y[i]);
+      const double err = std::abs(got - ref[i]);
+      worst            = std::max(worst, err / rms);
+      bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-3 * rms) ? 1 : 0;
+    }
+    CAPTURE(qprob::policy_name<P>());
+    CAPTURE(rows);
+    CAPTURE(n);
+    CAPTURE(k);
+    CAPTURE(worst);
+    CHECK(bad == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("int_gemv equals the dequantized product for 1-16 rows, every bit width, odd shapes and act-order groups") {
+  auto rng = qprob::test::make_rng(0x6e3f);
+  INFO("seed ", qprob::test::run_seed());
+  check_policy<p::int4_g128>(rng, 257, 2500, false);   // 3 slices, partial last group, odd N
+  check_policy<p::int4_g128_asym>(rng, 130, 1000, false);
+  check_policy<p::int4_g32>(rng, 64, 1056, false);
+  check_policy<p::int4_pc>(rng, 33, 520, false);
+  check_policy<p::int4_g128_act>(rng, 96, 1536, true);
+  check_policy<p::int3_g128>(rng, 75, 1312, false);  // 3-bit: pack blocks of 32 codes in 3 words
+  check_policy<p::int2_g64>(rng, 40, 704, false);
+  check_policy<p::int8_g128>(rng, 50, 1100, false);
+}
