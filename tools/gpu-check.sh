@@ -60,18 +60,18 @@ PY
   family_pid=$!
 fi
 extra=()
-# The tokenizer's development packages, if tools/stage-gpu.sh --debs put them in .debs/: unpacked (not
+# The tokenizer's development packages, if tools/stage-gpu.sh --debs packed them into .debs/: unpacked (not
 # installed) into the work folder, their pkg-config files pointed there, their libraries on the loader path.
-if ls .debs/*.deb >/dev/null 2>&1; then
+if [ -f .debs/tokenizer-root.tar.xz ]; then
   debroot="$work/debroot"
   mkdir -p "$debroot"
-  for f in .debs/*.deb; do dpkg -x "$f" "$debroot"; done
+  tar -C "$debroot" -xJf .debs/tokenizer-root.tar.xz
   for pc in "$debroot"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$debroot"/usr/share/pkgconfig/*.pc; do
     [ -f "$pc" ] && sed -i "s#^prefix=/usr#prefix=$debroot/usr#" "$pc"
   done
   export PKG_CONFIG_PATH="$debroot/usr/lib/x86_64-linux-gnu/pkgconfig:$debroot/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export LD_LIBRARY_PATH="$debroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "gpu-check: tokenizer packages unpacked from .debs ($(ls .debs/*.deb | wc -l) files)"
+  echo "gpu-check: tokenizer packages unpacked from .debs/tokenizer-root.tar.xz"
 fi
 # Tokenizer tests need PCRE2/ICU development files, which the GPU machine may lack (see .debs above); they are
 # host tests and run in CI, so here they are optional.

@@ -26,14 +26,25 @@ for a in "$@"; do
 done
 if [ "$want_tokenizers" = 1 ]; then
   copy "$shared/tokenizers" .shared/tokenizers
+elif [ "$want_debs" = 1 ]; then
+  # The Llama-2 tokenizer alone (2 MB) for tools/gpu-compare-7b.sh's random 7B-shaped model.
+  mkdir -p .shared/tokenizers/llama2-32k-legacy
+  cp "$shared/tokenizers/llama2-32k-legacy/tokenizer.json" .shared/tokenizers/llama2-32k-legacy/
 fi
-# --debs: the tokenizer's development packages (PCRE2, ICU, SentencePiece; ~23 MB) as .deb files in .debs/, which
-# tools/gpu-check.sh unpacks on the GPU machine (dpkg -x, no install) so that qprob::tokenizer, the eval drivers
-# and `qprob compare` build there too. Name .debs in `carry` as well.
+# --debs: the tokenizer's development packages (PCRE2, ICU, SentencePiece), unpacked here (dpkg -x, no install),
+# pruned of static libraries, programs and docs, and packed as .debs/tokenizer-root.tar.xz (~11 MB), which
+# tools/gpu-check.sh unpacks on the GPU machine so that qprob::tokenizer, the eval drivers and `qprob compare`
+# build there too. Name .debs in `carry` as well.
 if [ "$want_debs" = 1 ]; then
-  rm -rf .debs && mkdir -p .debs
-  (cd .debs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
-      libicu-dev libicu72 libsentencepiece-dev libsentencepiece0 libprotobuf-lite32 >/dev/null 2>&1) || { echo "stage-gpu: apt-get download failed" >&2; exit 1; }
+  rm -rf .debs && mkdir -p .debs/pkgs .debs/root
+  (cd .debs/pkgs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
+      libicu-dev libicu72 libsentencepiece-dev libsentencepiece0 libprotobuf-lite32 >/dev/null 2>&1) \
+    || { echo "stage-gpu: apt-get download failed" >&2; exit 1; }
+  for f in .debs/pkgs/*.deb; do dpkg -x "$f" .debs/root; done
+  find .debs/root -name '*.a' -delete
+  rm -rf .debs/root/usr/share/doc .debs/root/usr/share/man .debs/root/usr/bin .debs/root/usr/sbin .debs/root/usr/share/icu
+  tar -C .debs/root -cJf .debs/tokenizer-root.tar.xz .
+  rm -rf .debs/pkgs .debs/root
   du -sh .debs | sed 's/^/stage-gpu: /'
 fi
 copy /usr/include/nlohmann .deps/include/nlohmann
