@@ -82,6 +82,7 @@ void BM_score(benchmark::State& state) {
   const auto cfg = qprob::model::load_config(config_path);
   qprob::engine::engine_options o;
   o.max_batch_rows = state.range(0);
+  o.gemm_rows      = state.range(2);
   auto eng        = qprob::engine::engine::random(cfg, o, 1);
   const auto v     = reqs->views();
   const bool share = state.range(1) != 0;
@@ -139,8 +140,16 @@ void BM_gptq_model(benchmark::State& state) {
 
 }  // namespace
 
-// Args: max_batch_rows, prefix sharing (1) or not (0).
-BENCHMARK(BM_score)->Args({8192, 1})->Args({16384, 1})->Args({8192, 0})->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(3);
+// Args: max_batch_rows, prefix sharing (1) or not (0), gemm_rows (the fixed GEMM block: larger blocks run cuBLAS
+// closer to its peak, smaller ones pad less).
+BENCHMARK(BM_score)
+    ->Args({8192, 1, 2048})
+    ->Args({8192, 1, 4096})
+    ->Args({16384, 1, 8192})
+    ->Args({8192, 0, 2048})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(3);
 
 BENCHMARK(BM_gptq_model)->UseManualTime()->Unit(benchmark::kSecond)->Iterations(1);
 
