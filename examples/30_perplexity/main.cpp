@@ -149,16 +149,8 @@ int run(const options& o) {
   if (!cuda) {
     fp_model.emplace(qprob::reference::reference_model::from_directory(o.model));
   }
-  std::int64_t parameters = 0;
-  {
-    const auto ckpt = qprob::io::checkpoint::open(o.model);
-    const auto cfg  = qprob::model::load_config(o.model);
-    const auto map  = qprob::model::map_weights(cfg, ckpt);
-    for (const auto& t : map.tensors()) {
-      parameters += t.info != nullptr ? t.info->numel() : 0;
-    }
-  }
-  const auto model_cfg = qprob::model::load_config(o.model);
+  const auto model_cfg  = qprob::model::load_config(o.model);
+  const auto parameters = qprob::model::map_weights(model_cfg, qprob::io::checkpoint::open(o.model)).parameters();
   const auto ctx       = qprob::reference::default_max_length(model_cfg);
   const auto vocab     = model_cfg.vocab_size;
   const auto file = text_file(o);

@@ -22,13 +22,7 @@ class gpu_backend final : public compare_backend {
 public:
   explicit gpu_backend(const std::filesystem::path& model_dir, engine::engine_options options = {})
       : scorer_(engine::engine::from_directory(model_dir, with_f16(options))) {
-    const auto ckpt = io::checkpoint::open(model_dir);
-    const auto map  = model::map_weights(scorer_.engine().config(), ckpt);
-    for (const auto& t : map.tensors()) {
-      if (t.info != nullptr) {
-        parameters_ += t.info->numel();
-      }
-    }
+    parameters_ = model::map_weights(scorer_.engine().config(), io::checkpoint::open(model_dir)).parameters();
   }
 
   [[nodiscard]] const model::model_config& config() const override {

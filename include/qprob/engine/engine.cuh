@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -185,7 +186,9 @@ public:
     project_out_ = lin(R::project_out, model::global_tensor);
     final_norm_  = nrm(R::final_norm, model::global_tensor);
     lm_head_     = lin(R::lm_head, model::global_tensor);
-    lm_head_bias_ = up_f(host_f(R::lm_head, P::bias, model::global_tensor));
+    if (lm_head_.w.empty()) {  // tied to embed_tokens; a bias of its own is still possible
+      lm_head_.b = up_f(host_f(R::lm_head, P::bias, model::global_tensor));
+    }
     stream_.synchronize();
     const auto H = cfg_.hidden_size, D = cfg_.head_dim;
     const auto QD = cfg_.num_heads * D, KVD = cfg_.num_kv_heads * D;
@@ -302,7 +305,7 @@ public:
       lm_head_ = mk_lin(c.vocab_size, E, false);
     }
     if (c.bias.lm_head) {
-      lm_head_bias_ = rnd_f(c.vocab_size, 0.0f);
+      lm_head_.b = rnd_f(c.vocab_size, 0.0f);
     }
     for (std::int64_t l = 0; l < c.num_layers; ++l) {
       layer L;
@@ -335,10 +338,7 @@ public:
 
   [[nodiscard]] std::vector<request_score> score(std::span<const token_request> requests, bool token_logprobs,
                                                  bool share_prefixes) override {
-    plan_options po;
-    po.max_length     = max_length_;
-    po.max_batch_rows = options_.max_batch_rows;
-    po.tile_rows      = kernels::kTileRows;
+    auto po           = sequence_options();
     po.share_prefixes = share_prefixes;
     plan_summary summary;
     const auto batches = plan_requests(requests, po, &summary);
@@ -394,10 +394,10 @@ public:
   }
 
   [[nodiscard]] std::vector<float> logits(std::span<const token_id> tokens) override {
-    const std::span<const token_id> one[1] = {tokens};
-    const auto batches = plan_sequences(one, true, sequence_options());
     QPROB_CHECK(static_cast<std::int64_t>(tokens.size()) <= max_length_, "engine::logits: ", tokens.size(),
                 " tokens exceed max_length=", max_length_);
+    const std::span<const token_id> one[1] = {tokens};
+    const auto batches = plan_sequences(one, true, sequence_options());
     const auto V = cfg_.vocab_size;
     std::vector<float> out(tokens.size() * static_cast<std::size_t>(V));
     for (const auto& b : batches) {
@@ -538,6 +538,7 @@ private:
     }
   }
 
+  /// The planner's options of this engine (requests and whole sequences alike).
   [[nodiscard]] plan_options sequence_options() const {
     plan_options po;
     po.max_length     = max_length_;
@@ -832,7 +833,7 @@ private:
       const auto count = std::min(chunk, S - first);
       gemm(head_in + first * E, lm_w, logits, chunk, E, V, chunk);
       kernels::vocab_stats_kernel<<<static_cast<unsigned>(count), kernels::kRowThreads, 0, stream_>>>(
-          logits, V, lm_head_bias_.empty() ? nullptr : lm_head_bias_.data(), st);
+          logits, V, lm_head_.bias(), st);
       QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
       chunk_hook_(first, count, logits, st);
       QPROB_CUDA_TRY(cudaMemcpyAsync(host_stats.data(), st, static_cast<std::size_t>(count) * sizeof(kernels::row_stats),
@@ -1032,30 +1033,11 @@ private:
         progress(done, total);
       }
     };
-    if (!settings.use_gptq) {
-      for (std::int64_t l = 0; l < cfg_.num_layers; ++l) {
-        auto slices = slices_of(layers_[static_cast<std::size_t>(l)]);
-        std::vector<quantized_layer> qkv;
-        for (const auto& sl : slices) {
-          auto q = quantize_slice<P>(l, sl, nullptr, settings);
-          if (sl.input == layer_stage::qkv_input) {
-            qkv.push_back(std::move(q));
-            if (qkv.size() == 3) {
-              emit(std::move(qkv));
-              qkv.clear();
-            }
-          } else {
-            emit({std::move(q)});
-          }
-        }
-      }
-      return out;
-    }
-
-    // Calibration rows: every window is one sequence; passes of at most max_batch_rows rows. The residual
-    // stream of every pass is kept between layers (float32, rows x hidden).
+    // GPTQ's calibration rows: every window is one sequence; passes of at most max_batch_rows rows. The
+    // residual stream of every pass is kept between layers (float32, rows x hidden). RTN needs none of it.
+    const bool gptq = settings.use_gptq;
     std::vector<std::span<const token_id>> spans;
-    for (std::size_t i = 0; i < windows.size(); ++i) {
+    for (std::size_t i = 0; gptq && i < windows.size(); ++i) {
       QPROB_CHECK(!windows[i].empty() && static_cast<std::int64_t>(windows[i].size()) <= max_length_,
                   "engine::quantize: calibration window ", i, " has ", windows[i].size(),
                   " tokens; windows must be non-empty and at most max_length=", max_length_);
@@ -1082,27 +1064,31 @@ private:
             members.push_back(&sl);
           }
         }
-        const auto k = members.front()->lin->in;
-        quant::hessian_accumulator<half_t> acc(k, stream_);
-        const input_observer observe = [&](layer_stage st, const Act* in, std::int64_t rows, std::int64_t kk) {
-          if (st == stage) {
-            QPROB_CHECK_EQ(kk, k, "engine::quantize: input width");
-            acc.add(make_device_view(in, rows, kk));
+        const float* hessian = nullptr;  // RTN
+        std::optional<quant::hessian_accumulator<half_t>> acc;
+        if (gptq) {
+          const auto k = members.front()->lin->in;
+          acc.emplace(k, stream_);
+          const input_observer observe = [&](layer_stage st, const Act* in, std::int64_t rows, std::int64_t kk) {
+            if (st == stage) {
+              QPROB_CHECK_EQ(kk, k, "engine::quantize: input width");
+              acc->add(make_device_view(in, rows, kk));
+            }
+          };
+          for (std::size_t bi = 0; bi < plans.size(); ++bi) {
+            const auto rows   = plans[bi].rows();
+            const auto padded = round_up(rows, options_.gemm_rows);
+            upload_plan(plans[bi]);
+            float* scratch = x_.get(padded * H, stream_);  // run_layer may modify x before it stops
+            QPROB_CUDA_TRY(cudaMemcpyAsync(scratch, xs[bi].data(), static_cast<std::size_t>(padded * H) * sizeof(float),
+                                           cudaMemcpyDeviceToDevice, stream_));
+            run_layer(l, scratch, rows, padded, &observe, stage);
           }
-        };
-        for (std::size_t bi = 0; bi < plans.size(); ++bi) {
-          const auto rows   = plans[bi].rows();
-          const auto padded = round_up(rows, options_.gemm_rows);
-          upload_plan(plans[bi]);
-          float* scratch = x_.get(padded * H, stream_);  // run_layer may modify x before it stops
-          QPROB_CUDA_TRY(cudaMemcpyAsync(scratch, xs[bi].data(), static_cast<std::size_t>(padded * H) * sizeof(float),
-                                         cudaMemcpyDeviceToDevice, stream_));
-          run_layer(l, scratch, rows, padded, &observe, stage);
+          hessian = acc->hessian().data();
         }
-        const auto hess = acc.hessian();
         std::vector<quantized_layer> group;
         for (const auto* sl : members) {
-          group.push_back(quantize_slice<P>(l, *sl, hess.data(), settings));
+          group.push_back(quantize_slice<P>(l, *sl, hessian, settings));
         }
         emit(std::move(group));
       }
@@ -1125,7 +1111,6 @@ private:
   device_buffer<Act> embed_, positions_;
   norm embed_norm_, final_norm_;
   linear project_in_, project_out_, lm_head_;
-  device_buffer<float> lm_head_bias_;
   std::vector<layer> layers_;
   device_buffer<float> inv_freq_, alibi_;
   int half_rotary_ = 0;

@@ -247,6 +247,14 @@ public:
     const auto it = by_name_.find(std::string(name));
     return it == by_name_.end() ? nullptr : &tensors_[it->second].slot;
   }
+  /// Elements of every tensor present in the checkpoint (the model's parameter count).
+  [[nodiscard]] std::int64_t parameters() const {
+    std::int64_t n = 0;
+    for (const auto& t : tensors_) {
+      n += t.info == nullptr ? 0 : t.info->numel();
+    }
+    return n;
+  }
   /// True when logits reuse embed_tokens (the checkpoint has no lm_head.weight).
   [[nodiscard]] bool lm_head_tied() const { return find(tensor_role::lm_head) == nullptr; }
 

@@ -62,6 +62,8 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const half_t* __restrict
   }
   const int gw = static_cast<int>(P::group_width(k));
   std::uint32_t words[kColumns][P::pack_block_words];
+  int group = -1;  // the group whose scales and zeros are loaded
+  float scale[kColumns], zero[kColumns];
   for (int kb = k_begin; kb < k_end; kb += P::pack_block_values) {
     const std::int64_t word_row = static_cast<std::int64_t>(kb / P::pack_block_values) * P::pack_block_words;
     for (int w = 0; w < P::pack_block_words; ++w) {
@@ -70,29 +72,16 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(const half_t* __restrict
       }
     }
     const int values = min(P::pack_block_values, k_end - kb);
-    int group        = g_idx == nullptr ? kb / gw : -1;
-    float scale[kColumns], zero[kColumns];
-    const auto load_group = [&](int g) {
-      for (int c = 0; c < kColumns; ++c) {
-        const bool in = col0 + c < n;
-        scale[c]      = in ? qprob::detail::to_float_device(scales[static_cast<std::int64_t>(g) * n + col0 + c]) : 0.0f;
-        zero[c]       = in ? static_cast<float>(zeros[static_cast<std::int64_t>(g) * n + col0 + c]) : 0.0f;
-      }
-    };
-    if (g_idx == nullptr) {
-      load_group(group);
-    }
     for (int j = 0; j < values; ++j) {
       const int kk = kb + j;
-      if (g_idx != nullptr) {
-        const int g = g_idx[kk];
-        if (g != group) {
-          group = g;
-          load_group(g);
+      const int g  = g_idx == nullptr ? kk / gw : g_idx[kk];
+      if (g != group) {  // natural groups change at group boundaries only; act-order g_idx may change anywhere
+        group = g;
+        for (int c = 0; c < kColumns; ++c) {
+          const bool in = col0 + c < n;
+          scale[c]      = in ? qprob::detail::to_float_device(scales[static_cast<std::int64_t>(g) * n + col0 + c]) : 0.0f;
+          zero[c]       = in ? static_cast<float>(zeros[static_cast<std::int64_t>(g) * n + col0 + c]) : 0.0f;
         }
-      } else if (kk / gw != group) {  // a group boundary inside a pack block (group width < pack block)
-        group = kk / gw;
-        load_group(group);
       }
       float w[kColumns];
       for (int c = 0; c < kColumns; ++c) {

@@ -260,13 +260,8 @@ public:
     if (c.qk_layernorm && c.model_family != model::family::phi) {
       throw format_error(config_file, "qk_layernorm", "only Phi's per-head q/k LayerNorm is implemented");
     }
-    const auto map = model::map_weights(c, ckpt);
-    std::int64_t params = 0;
-    for (const auto& t : map.tensors()) {
-      if (t.info != nullptr) {
-        params += t.info->numel();
-      }
-    }
+    const auto map      = model::map_weights(c, ckpt);
+    const auto params   = map.parameters();
     QPROB_CHECK(params <= options.max_parameters, "reference_model: ", ckpt.label(), " has ", params,
                 " parameters, above reference_options::max_parameters=", options.max_parameters,
                 " (the host reference is meant for tiny models)");

@@ -193,6 +193,17 @@ private:
 
 inline t_test read_t_test(const reader& r) { return {r.number("t"), r.number("p")}; }
 
+/// The "reliability" bins of a model block (multiple-choice and next-token alike).
+inline std::vector<reliability_bin> read_reliability(const reader& r) {
+  std::vector<reliability_bin> out;
+  const auto& bins = r.array("reliability");
+  for (std::size_t i = 0; i < bins.size(); ++i) {
+    const reader b(bins[i], r.file(), r.key_path("reliability") + "[" + std::to_string(i) + "]");
+    out.push_back({b.number("lower"), b.number("upper"), b.integer("count"), b.number("conf"), b.number("acc")});
+  }
+  return out;
+}
+
 inline model_result read_model(const reader& r) {
   model_result m;
   m.acc       = r.number("acc");
@@ -205,11 +216,7 @@ inline model_result read_model(const reader& r) {
   m.entropy   = r.number("entropy");
   m.entropy_bits = r.has("entropy_bits") ? r.number("entropy_bits") : m.entropy / std::log(2.0);
   m.brier     = r.number("brier");
-  const auto& bins = r.array("reliability");
-  for (std::size_t i = 0; i < bins.size(); ++i) {
-    const reader b(bins[i], r.file(), r.key_path("reliability") + "[" + std::to_string(i) + "]");
-    m.reliability.push_back({b.number("lower"), b.number("upper"), b.integer("count"), b.number("conf"), b.number("acc")});
-  }
+  m.reliability = read_reliability(r);
   return m;
 }
 
@@ -247,11 +254,7 @@ inline model_result read_next_token_model(const reader& r) {
   m.conf_err = r.number("conf_err");
   m.entropy  = r.number("entropy");
   m.entropy_bits = r.has("entropy_bits") ? r.number("entropy_bits") : m.entropy / std::log(2.0);
-  const auto& bins = r.array("reliability");
-  for (std::size_t i = 0; i < bins.size(); ++i) {
-    const reader b(bins[i], r.file(), r.key_path("reliability") + "[" + std::to_string(i) + "]");
-    m.reliability.push_back({b.number("lower"), b.number("upper"), b.integer("count"), b.number("conf"), b.number("acc")});
-  }
+  m.reliability = read_reliability(r);
   return m;
 }
 
