@@ -3,7 +3,9 @@
 # The GPU-machine workflow in one command (see docs/development.md): configure and build with every core, run
 # the gpu and host tests (a missing GPU is a failure here, not a skip), the PyTorch parity suite, the
 # benchmarks briefly, and print a summary table last. Logs and JSON results go to $OUT (or out/ locally).
-#   tools/gpu-check.sh [--no-bench] [--bench-filter REGEX] [--tests-only]
+#   tools/gpu-check.sh [--no-bench] [--bench-filter REGEX] [--tests-only] [--bench-only] [--build-only]
+# QPROB_BUILD_TARGETS="qprob_cli bench_gemv" builds only those targets (with --build-only: a partial run whose
+# next commands use build/gpu directly).
 # Engine parity (tests/torch/test_engine_parity.py) needs make_family_models.py's random models (about 3.6 GB in
 # build/family_models, about 60 s on one core): the missing ones are built in the background while the C++ build
 # runs, and a warm machine keeps them. QPROB_ENGINE_FAMILIES="opt-125m,bloom-560m" restricts the set.
@@ -22,12 +24,14 @@ out="$(cd "$out" && pwd)"
 work="$(mktemp -d /tmp/gpu-check.XXXXXX)"
 run_bench=1
 run_tests=1
+build_only=0
 bench_filter="."
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-bench) run_bench=0 ;;
     --tests-only) run_bench=0 ;;
     --bench-only) run_tests=0 ;;
+    --build-only) run_tests=0; run_bench=0; build_only=1 ;;
     --bench-filter) bench_filter="$2"; shift ;;
     *) echo "gpu-check: unknown option $1" >&2; exit 2 ;;
   esac
@@ -67,10 +71,12 @@ if [ -f .debs/tokenizer-root.tar.xz ]; then
   mkdir -p "$debroot"
   tar -C "$debroot" -xJf .debs/tokenizer-root.tar.xz
   for pc in "$debroot"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$debroot"/usr/share/pkgconfig/*.pc; do
-    [ -f "$pc" ] && sed -i "s#^prefix=/usr#prefix=$debroot/usr#" "$pc"
+    # ICU writes "prefix = /usr" (spaces) and no -L in Libs, hence the looser pattern and LIBRARY_PATH.
+    [ -f "$pc" ] && sed -i -E "s#^prefix *= */usr\$#prefix=$debroot/usr#" "$pc"
   done
   export PKG_CONFIG_PATH="$debroot/usr/lib/x86_64-linux-gnu/pkgconfig:$debroot/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export LD_LIBRARY_PATH="$debroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LIBRARY_PATH="$debroot/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}"
   echo "gpu-check: tokenizer packages unpacked from .debs/tokenizer-root.tar.xz"
 fi
 # Tokenizer tests need PCRE2/ICU development files, which the GPU machine may lack (see .debs above); they are
@@ -81,10 +87,15 @@ extra+=(-DQPROB_REQUIRE_TOKENIZER_DEPS=OFF)
 if ! cmake --preset "$preset" "${extra[@]}" > "$work/build.log" 2>&1; then
   cp "$work/build.log" "$out/"; tail -40 "$work/build.log"; echo "gpu-check: configure FAILED"; exit 1
 fi
-if ! cmake --build --preset "$preset" -j "$jobs" >> "$work/build.log" 2>&1; then
+targets=()
+[ -n "${QPROB_BUILD_TARGETS:-}" ] && targets=(--target ${QPROB_BUILD_TARGETS})
+if ! cmake --build --preset "$preset" -j "$jobs" "${targets[@]}" >> "$work/build.log" 2>&1; then
   cp "$work/build.log" "$out/"; grep -E "error|Error" -A3 "$work/build.log" | head -60; echo "gpu-check: build FAILED"; exit 1
 fi
 build_s=$(( $(date +%s) - start ))
+if [ "$build_only" = 1 ]; then
+  echo "gpu-check: built in ${build_s} s${QPROB_BUILD_TARGETS:+ (targets: $QPROB_BUILD_TARGETS)}"; exit 0
+fi
 
 ctest_status=0
 if [ "$run_tests" = 1 ]; then

@@ -7,6 +7,8 @@
 # tools/gpu-check.sh has built build/gpu (with the tokenizer: stage with `tools/stage-gpu.sh --debs` and carry
 # .shared, .deps and .debs). Writes compare7b.log and results.json to $OUT (or out/).
 #   bash tools/gpu-compare-7b.sh [--limit N]
+# QPROB_COMPARE_TIMEOUT=SECONDS stops the compare run after that long (its log, flushed line by line, still
+# shows how far each phase got).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out}"
@@ -29,7 +31,7 @@ python3 tools/make_random_model.py --config bench/configs/llama-2-7b.json \
   --tokenizer .shared/tokenizers/llama2-32k-legacy --out "$model" 2>&1 | tail -3
 build_s=$(( $(date +%s) - start ))
 start=$(date +%s)
-"$cli" compare --device cuda --no-progress --no-report --model "$model" --data .shared/data \
+timeout "${QPROB_COMPARE_TIMEOUT:-0}" "$cli" compare --device cuda --no-progress --no-report --model "$model" --data .shared/data \
   --tasks arc_easy,boolq,hellaswag,openbookqa,piqa,xstorycloze_en "${limit[@]}" \
   --quant gptq --bits 4 --group-size 128 --damp-percent 0.01 --nsamples 128 --seqlen 2048 --seed 0 \
   --out "$out/compare7b" > "$out/compare7b.log" 2>&1

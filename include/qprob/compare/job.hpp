@@ -460,7 +460,17 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
       const auto linears = block_linears(opt.model_dir);
       eval::progress_bar bar("quantize " + std::string(to_string(qs.method)), opt.progress);
       const auto t0  = clock::now();
-      const auto res = backend.quantize(linears, qs, windows, [&](std::size_t d, std::size_t n) { bar.update(d, n); });
+      // Without progress bars (logs, batch jobs) every tenth of the work gets a log line with the time so far, so
+      // that a run stopped by a time limit shows how far quantization got.
+      std::size_t logged_tenths = 0;
+      const auto res = backend.quantize(linears, qs, windows, [&](std::size_t d, std::size_t n) {
+        bar.update(d, n);
+        if (!opt.progress && n > 0 && d * 10 / n > logged_tenths) {
+          logged_tenths = d * 10 / n;
+          log("quantize " + std::string(to_string(qs.method)) + ": " + std::to_string(d) + "/" + std::to_string(n) +
+              " steps in " + std::to_string(std::chrono::duration<double>(clock::now() - t0).count()) + " s");
+        }
+      });
       bar.finish();
       const double sec = std::chrono::duration<double>(clock::now() - t0).count();
       quant::gptq_save_options so;

@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -471,18 +472,45 @@ void convert_elements(std::span<const std::byte> src, dtype from, std::span<T> d
       default: return 0.0;
     }
   };
-  for (std::size_t i = 0; i < dst.size(); ++i) {
-    const double v = load(i);
-    if constexpr (std::is_same_v<T, double>) {
-      dst[i] = v;
-    } else if constexpr (std::is_same_v<T, float>) {
-      // f64 -> f32 rounds once (to nearest); f32/f16/bf16 -> f32 is exact, so the detour via double is too.
-      dst[i] = static_cast<float>(v);
-    } else if constexpr (std::is_same_v<T, half_t>) {
-      dst[i] = to_half(v);
-    } else {
-      dst[i] = to_bfloat16(v);
+  // The stored type itself: a copy (a 7B fp16 checkpoint read into an fp16 engine is 13 GB of these).
+  const bool same = (from == dtype::f64 && std::is_same_v<T, double>) || (from == dtype::f32 && std::is_same_v<T, float>) ||
+                    (from == dtype::f16 && std::is_same_v<T, half_t>) || (from == dtype::bf16 && std::is_same_v<T, bfloat16_t>);
+  if (same) {
+    std::memcpy(dst.data(), src.data(), dst.size() * sizeof(T));
+    return;
+  }
+  const auto convert = [&](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) {
+      const double v = load(i);
+      if constexpr (std::is_same_v<T, double>) {
+        dst[i] = v;
+      } else if constexpr (std::is_same_v<T, float>) {
+        // f64 -> f32 rounds once (to nearest); f32/f16/bf16 -> f32 is exact, so the detour via double is too.
+        dst[i] = static_cast<float>(v);
+      } else if constexpr (std::is_same_v<T, half_t>) {
+        dst[i] = to_half(v);
+      } else {
+        dst[i] = to_bfloat16(v);
+      }
     }
+  };
+  // Element-wise and independent, so the result does not depend on the split: large tensors (a bf16 7B
+  // checkpoint read as fp16, for instance) are converted on every core.
+  constexpr std::size_t min_per_thread = std::size_t{1} << 22;
+  const std::size_t workers =
+      std::min<std::size_t>(std::max(1u, std::thread::hardware_concurrency()), dst.size() / min_per_thread);
+  if (workers <= 1) {
+    convert(0, dst.size());
+    return;
+  }
+  std::vector<std::thread> pool;
+  const std::size_t per = (dst.size() + workers - 1) / workers;
+  for (std::size_t w = 1; w < workers; ++w) {
+    pool.emplace_back(convert, std::min(dst.size(), w * per), std::min(dst.size(), (w + 1) * per));
+  }
+  convert(0, std::min(dst.size(), per));
+  for (auto& t : pool) {
+    t.join();
   }
 }
 

@@ -444,40 +444,59 @@ TEST_CASE("engine GPTQ on stories260K agrees with the host quantizer and beats R
   hs.policy = qprob::quant::runtime_policy::of<qprob::policies::int4_g32>();
   std::vector<std::vector<std::int32_t>> hw(windows.begin(), windows.end());
   const auto host = qprob::compare::quantize_model(m, qprob::compare::block_linears(dir), hs, hw);
-  std::size_t same = 0, total = 0;
   for (const auto& ql : g) {
     CHECK(std::isfinite(ql.report.loss));
   }
+  // Codes: reported per linear, not judged. GPTQ is chaotic: the GPU sees fp16 activations and float32
+  // Hessians, the host double ones; a code that flips near a rounding boundary changes the error fed to every
+  // later column of its row, and from the second sub-group on the inputs themselves come from quantized layers
+  // that already differ. What must agree is the outcome, judged below.
   const auto linears = qprob::compare::block_linears(dir);
+  std::size_t same_all = 0, total_all = 0;
+  auto host_eng = qprob::engine::engine::from_directory(dir);
   for (std::size_t i = 0; i < linears.size(); ++i) {
     const auto it = std::find_if(g.begin(), g.end(), [&](const auto& ql) { return ql.layer == linears[i].layer && ql.role == linears[i].role; });
     REQUIRE(it != g.end());
     const auto& a = it->weight;
     const auto& b = host.layers[i].weight;
     REQUIRE(a.qweight.size() == b.qweight.size());
+    std::size_t same = 0, total = 0;
     for (std::size_t w = 0; w < a.qweight.size(); ++w) {
       for (int nib = 0; nib < 8; ++nib) {
         same += ((a.qweight[w] >> (4 * nib)) & 0xF) == ((b.qweight[w] >> (4 * nib)) & 0xF) ? 1 : 0;
         ++total;
       }
     }
+    MESSAGE(linears[i].name, ": GPU and host GPTQ codes agree on ", 100.0 * static_cast<double>(same) / static_cast<double>(total), "%");
+    same_all += same;
+    total_all += total;
+    host_eng.set_quantized_weight(linears[i].layer, linears[i].role, b, s.policy);
   }
-  const double agree = static_cast<double>(same) / static_cast<double>(total);
-  MESSAGE("GPTQ codes: GPU (fp16 activations, float32 Hessians) vs host (double) agree on ", agree * 100, "% of ", total);
-  // Different activation precision changes the Hessians slightly; codes flip only near rounding boundaries.
-  CHECK(agree >= 0.95);
+  MESSAGE("GPTQ codes: GPU (fp16 activations, float32 Hessians) vs host (double) agree on ",
+          100.0 * static_cast<double>(same_all) / static_cast<double>(total_all), "% of ", total_all);
 
-  // GPTQ's purpose: the quantized model's outputs stay closer to the full model's than RTN's do.
+  // GPTQ's purpose: the quantized model's outputs stay closer to the full model's than RTN's do; and the GPU
+  // solver must serve that purpose as well as the double-precision host pipeline does. Measured on windows the
+  // quantizers did not see.
   auto full = qprob::engine::engine::from_directory(dir);
-  double err_gptq = 0, err_rtn = 0;
-  for (const auto& w : windows) {
-    const auto lf = full.logits(w), lg = gptq_eng.logits(w), lr = rtn_eng.logits(w);
-    for (std::size_t i = 0; i < lf.size(); ++i) {
-      err_gptq += (lg[i] - lf[i]) * (lg[i] - lf[i]);
-      err_rtn += (lr[i] - lf[i]) * (lr[i] - lf[i]);
+  double err_gptq = 0, err_rtn = 0, err_host = 0;
+  for (int i = 0; i < 8; ++i) {
+    const auto w  = random_tokens(rng, 64, 512);
+    const auto lf = full.logits(w), lg = gptq_eng.logits(w), lr = rtn_eng.logits(w), lh = host_eng.logits(w);
+    for (std::size_t j = 0; j < lf.size(); ++j) {
+      err_gptq += (lg[j] - lf[j]) * (lg[j] - lf[j]);
+      err_rtn += (lr[j] - lf[j]) * (lr[j] - lf[j]);
+      err_host += (lh[j] - lf[j]) * (lh[j] - lf[j]);
     }
   }
-  MESSAGE("squared logit error vs the full model on the calibration windows: GPTQ ", err_gptq, ", RTN ", err_rtn);
+  MESSAGE("squared logit error vs the full model on held-out windows: GPU GPTQ ", err_gptq, ", host GPTQ ",
+          err_host, ", RTN ", err_rtn);
+  // 25%: two GPTQ runs whose codes differ by chaotic flips land at about the same error; a solver that lost its
+  // error feedback or Hessian lands near RTN (2-3x here).
+  CHECK(err_gptq > 0.0);
+  CHECK(err_gptq < 1.25 * err_host);
+  CHECK(err_gptq < err_rtn);
+  CHECK(err_host < err_rtn);
   CHECK(err_gptq > 0.0);
   CHECK(err_gptq < err_rtn);
 }

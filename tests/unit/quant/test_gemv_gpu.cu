@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// int_gemv (quant/gemv.cuh) against a double-precision host product with the host-dequantized weights
-// (reference::rtn_quantize codes, reference dequantization): every row count 1..16, odd N, K with a partial
-// last group and several split-K slices, 2/3/4/8 bits, sym/asym, act-order g_idx. Outputs are poisoned first.
+// int_gemv (quant/gemv.cuh) against a double-precision host product with the host-dequantized fp16 weights
+// (reference::rtn_quantize codes; scale * (code - zero) rounded to fp16, as the engine's dequantized forward
+// uses them): every row count 1..16, both kernels (tensor cores: 2/4/8 bits, natural groups, N % 4 == 0; generic:
+// 3 bits, act-order g_idx, odd N), N with a partial 32-column tile, K with a partial last group, several
+// split-K slices and a partial last chunk of word rows. Outputs are poisoned first.
 //
-// Tolerance: the kernel accumulates in float32 (relative error ~ sqrt(K) * 2^-24 per output, far below) and
-// rounds the result to fp16 once (2^-11 relative), so |y - y_ref| <= 2^-10 * |y_ref| + 1e-3 * rms(y_ref) covers
-// the rounding with margin while any wrong code, scale, zero or group (errors of order |w|) fails it.
+// Tolerance: the kernels accumulate in float32 (relative error ~ sqrt(K) * 2^-24 per output, far below) and
+// round the result to fp16 once (2^-11 relative), so |y - y_ref| <= 2^-10 * |y_ref| + 1e-4 * rms(y_ref) covers
+// the rounding with margin while any wrong code, scale, zero, group or pairing of x with W (errors of order
+// |w| * |x|, i.e. of order rms(y) / sqrt(K) or more) fails it.
 #include <qprob/policy/presets.hpp>
 #include <qprob/quant/gemv.cuh>
 #include <qprob/reference/rtn.hpp>
@@ -24,7 +27,8 @@ namespace p = qprob::policies;
 namespace {
 
 template <class P>
-void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shuffled_groups) {
+void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shuffled_groups,
+                  qprob::quant::int_gemv_path expected) {
   std::normal_distribution<double> nd(0.0, 1.0);
   std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
   for (auto& v : w) {
@@ -52,7 +56,7 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
       const auto code  = qprob::quant::unpack_code<P>(blk, static_cast<int>(col % P::pack_block_values));
       const double s   = qprob::to_double(q.scales[static_cast<std::size_t>(grp * n + row)]);
       const double z   = q.zeros[static_cast<std::size_t>(grp * n + row)];
-      deq[static_cast<std::size_t>(row * k + col)] = s * (static_cast<double>(code) - z);
+      deq[static_cast<std::size_t>(row * k + col)] = qprob::to_double(qprob::to_half(s * (static_cast<double>(code) - z)));
     }
   }
   cudaStream_t s = nullptr;
@@ -69,6 +73,7 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
     qprob::device_buffer<qprob::half_t> d_y(rows * n, s);
     d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
     qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(rows, k, n), s);
+    CHECK(qprob::quant::int_gemv_path_for<P>(d_x.data(), k, k, n, g_idx.empty() ? nullptr : d_g.data()) == expected);
     qprob::quant::int_gemv<P>(std::as_const(d_x).view(rows, k), std::as_const(d_q).view(P::packed_words(k), n),
                               std::as_const(d_s).view(P::groups(k), n), std::as_const(d_z).view(P::groups(k), n),
                               g_idx.empty() ? nullptr : d_g.data(), d_y.view(rows, n), ws.data(), s);
@@ -93,7 +98,7 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
       const double got = qprob::to_double(y[i]);
       const double err = std::abs(got - ref[i]);
       worst            = std::max(worst, err / rms);
-      bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-3 * rms) ? 1 : 0;
+      bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-4 * rms) ? 1 : 0;
     }
     CAPTURE(qprob::policy_name<P>());
     CAPTURE(rows);
@@ -109,12 +114,20 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
 TEST_CASE("int_gemv equals the dequantized product for 1-16 rows, every bit width, odd shapes and act-order groups") {
   auto rng = qprob::test::make_rng(0x6e3f);
   INFO("seed ", qprob::test::run_seed());
-  check_policy<p::int4_g128>(rng, 257, 2500, false);   // 3 slices, partial last group, odd N
-  check_policy<p::int4_g128_asym>(rng, 130, 1000, false);
-  check_policy<p::int4_g32>(rng, 64, 1056, false);
-  check_policy<p::int4_pc>(rng, 33, 520, false);
-  check_policy<p::int4_g128_act>(rng, 96, 1536, true);
-  check_policy<p::int3_g128>(rng, 75, 1312, false);  // 3-bit: pack blocks of 32 codes in 3 words
-  check_policy<p::int2_g64>(rng, 40, 704, false);
-  check_policy<p::int8_g128>(rng, 50, 1100, false);
+  constexpr auto tc = qprob::quant::int_gemv_path::tensor_cores;
+  constexpr auto generic = qprob::quant::int_gemv_path::generic;
+  // Tensor cores: 8-warp blocks (>= 256 column tiles) and 16-warp blocks; partial tiles, groups, word-row chunks.
+  check_policy<p::int4_g128>(rng, 8196, 264, false, tc);   // 257 tiles, the last with one lane's 4 columns
+  check_policy<p::int4_g128>(rng, 520, 2504, false, tc);   // partial tile (8 of 32), partial group, 313 word rows
+  check_policy<p::int4_g128_asym>(rng, 256, 1024, false, tc);
+  check_policy<p::int4_g32>(rng, 64, 1056, false, tc);
+  check_policy<p::int4_pc>(rng, 36, 520, false, tc);
+  check_policy<p::int8_g128>(rng, 100, 1100, false, tc);   // 4 codes per word: one mma step per word
+  check_policy<p::int2_g64>(rng, 40, 704, false, tc);      // 16 codes per word: four mma steps per word
+  // Generic: odd N, 3 bits, act-order.
+  check_policy<p::int4_g128>(rng, 257, 2500, false, generic);  // 3 slices, partial last group, odd N
+  check_policy<p::int4_g128_asym>(rng, 130, 1000, false, generic);
+  check_policy<p::int4_g128_act>(rng, 96, 1536, true, generic);
+  check_policy<p::int3_g128>(rng, 75, 1312, false, generic);  // 3-bit: pack blocks of 32 codes in 3 words
+  check_policy<p::int8_g128>(rng, 50, 1100, false, generic);
 }
