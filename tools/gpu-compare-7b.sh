@@ -31,7 +31,7 @@ python3 tools/make_random_model.py --config bench/configs/llama-2-7b.json \
   --tokenizer .shared/tokenizers/llama2-32k-legacy --out "$model" 2>&1 | tail -3
 build_s=$(( $(date +%s) - start ))
 start=$(date +%s)
-timeout "${QPROB_COMPARE_TIMEOUT:-0}" "$cli" compare --device cuda --no-progress --no-report --model "$model" --data .shared/data \
+timeout -k 15 "${QPROB_COMPARE_TIMEOUT:-0}" "$cli" compare --device cuda --no-progress --no-report --model "$model" --data .shared/data \
   --tasks arc_easy,boolq,hellaswag,openbookqa,piqa,xstorycloze_en "${limit[@]}" \
   --quant gptq --bits 4 --group-size 128 --damp-percent 0.01 --nsamples 128 --seqlen 2048 --seed 0 \
   --out "$out/compare7b" > "$out/compare7b.log" 2>&1
