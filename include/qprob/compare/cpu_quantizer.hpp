@@ -130,28 +130,6 @@ namespace detail {
   return a.empty() ? 0.0 : s / static_cast<double>(a.size());
 }
 
-/// The inverse of model::split_bloom_qkv: q, k and v, each [num_heads * head_dim, cols] in head-major order,
-/// interleaved per head into the fused [3 * num_heads * head_dim, cols] layout of query_key_value.
-[[nodiscard]] inline std::vector<double> fuse_bloom_qkv(std::span<const double> q, std::span<const double> k,
-                                                        std::span<const double> v, std::int64_t num_heads,
-                                                        std::int64_t head_dim, std::int64_t cols) {
-  const auto part = static_cast<std::size_t>(num_heads * head_dim * cols);
-  QPROB_CHECK(q.size() == part && k.size() == part && v.size() == part, "fuse_bloom_qkv: q, k and v must each hold ",
-              part, " values, got ", q.size(), ", ", k.size(), ", ", v.size());
-  std::vector<double> fused(3 * part);
-  const std::span<const double> parts[3] = {q, k, v};
-  for (std::int64_t h = 0; h < num_heads; ++h) {
-    for (int which = 0; which < 3; ++which) {
-      for (std::int64_t d = 0; d < head_dim; ++d) {
-        const auto src = static_cast<std::size_t>((h * head_dim + d) * cols);
-        const auto dst = static_cast<std::size_t>(model::bloom_qkv_row(which, h, d, head_dim) * cols);
-        std::copy_n(parts[which].begin() + static_cast<std::ptrdiff_t>(src), cols, fused.begin() + static_cast<std::ptrdiff_t>(dst));
-      }
-    }
-  }
-  return fused;
-}
-
 }  // namespace detail
 
 /// The current [n, k] weight of block linear `role` of `layer` of `m` in the checkpoint's layout: BLOOM's qkv
@@ -164,8 +142,8 @@ namespace detail {
   }
   const auto& c = m.config();
   const auto& q = m.linear_at(layer, model::tensor_role::q);
-  return detail::fuse_bloom_qkv(q.w, m.linear_at(layer, model::tensor_role::k).w,
-                                m.linear_at(layer, model::tensor_role::v).w, c.num_heads, c.head_dim, q.in);
+  return model::fuse_bloom_qkv<double>(q.w, m.linear_at(layer, model::tensor_role::k).w,
+                                       m.linear_at(layer, model::tensor_role::v).w, c.num_heads, c.head_dim, q.in);
 }
 
 /// The [n, k] shape of block linear `role` of `layer` in the checkpoint's layout (qkv: 3 * q's rows).

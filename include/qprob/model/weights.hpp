@@ -9,6 +9,7 @@
 #include <qprob/io/safetensors.hpp>
 #include <qprob/model/config.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -368,6 +369,29 @@ void split_bloom_qkv(std::span<const T> fused, std::int64_t num_heads, std::int6
       }
     }
   }
+}
+
+/// The inverse of split_bloom_qkv: q, k and v, each [num_heads * head_dim, cols] in head-major order,
+/// interleaved per head into the fused [3 * num_heads * head_dim, cols] layout of query_key_value.
+template <class T>
+[[nodiscard]] std::vector<T> fuse_bloom_qkv(std::span<const T> q, std::span<const T> k, std::span<const T> v,
+                                            std::int64_t num_heads, std::int64_t head_dim, std::int64_t cols) {
+  const auto part = num_heads * head_dim * cols;
+  QPROB_CHECK(static_cast<std::int64_t>(q.size()) == part && static_cast<std::int64_t>(k.size()) == part &&
+                  static_cast<std::int64_t>(v.size()) == part,
+              "fuse_bloom_qkv: q, k and v must each hold ", part, " values, got ", q.size(), ", ", k.size(), ", ", v.size());
+  std::vector<T> fused(static_cast<std::size_t>(3 * part));
+  const std::span<const T> parts[3] = {q, k, v};
+  for (std::int64_t h = 0; h < num_heads; ++h) {
+    for (int which = 0; which < 3; ++which) {
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        const auto src = (h * head_dim + d) * cols;
+        const auto dst = bloom_qkv_row(which, h, d, head_dim) * cols;
+        std::copy_n(parts[which].begin() + src, cols, fused.begin() + dst);
+      }
+    }
+  }
+  return fused;
 }
 
 }  // namespace qprob::model

@@ -300,4 +300,7 @@ TEST_CASE("bloom fused query_key_value splits per head, not in thirds") {
   CHECK(m::bloom_qkv_row(1, 2, 1, hd) == (2 * 3 + 1) * hd + 1);
   std::vector<int> wrong(q.size() + 1);
   CHECK_THROWS_AS(m::split_bloom_qkv<int>(fused, heads, hd, cols, wrong, k, v), qprob::invalid_argument);
+  // fuse_bloom_qkv is its inverse: every tagged element back in its fused place.
+  CHECK(m::fuse_bloom_qkv<int>(q, k, v, heads, hd, cols) == fused);
+  CHECK_THROWS_AS((void)m::fuse_bloom_qkv<int>(wrong, k, v, heads, hd, cols), qprob::invalid_argument);
 }
