@@ -52,13 +52,14 @@
 #include <string>
 #include <vector>
 
+#include "../cli_common.hpp"
 #include "eval_main.hpp"
 
 namespace {
 
-constexpr int exit_failed  = 1;
-constexpr int exit_usage   = 2;
-constexpr int exit_skipped = 77;  // ctest's SKIP_RETURN_CODE
+using qprob_cli::exit_failed;
+using qprob_cli::exit_skipped;
+using qprob_cli::exit_usage;
 
 struct options {
   std::filesystem::path model_dir;

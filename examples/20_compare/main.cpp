@@ -34,11 +34,13 @@
 #include <string>
 #include <vector>
 
+#include "../cli_common.hpp"
+
 namespace {
 
-constexpr int exit_failed  = 1;
-constexpr int exit_usage   = 2;
-constexpr int exit_skipped = 77;
+using qprob_cli::exit_failed;
+using qprob_cli::exit_skipped;
+using qprob_cli::exit_usage;
 
 struct cli_options {
   std::filesystem::path model, quantized, data, out, calib;
@@ -179,16 +181,5 @@ int main(int argc, char** argv) {
   cmp->add_flag("--no-progress", c.no_progress, "no progress bars (they are also off when stderr is not a terminal)");
   cmp->add_flag("--no-report", c.no_report, "do not render the report (tables, figures, report.html)");
   cmp->add_flag("--skip-missing", c.skip_missing, "exit 77 (skipped) when --model or --data is absent");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : exit_usage;
-  }
-  try {
-    return run_compare(c);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return exit_failed;
-  }
+  return qprob_cli::parse_and_run(app, argc, argv, [&] { return run_compare(c); });
 }

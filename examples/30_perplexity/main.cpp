@@ -54,15 +54,17 @@
 #include <string>
 #include <vector>
 
+#include "../cli_common.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 using ojson  = nlohmann::ordered_json;
 using clock_type = std::chrono::steady_clock;
 
-constexpr int exit_failed  = 1;
-constexpr int exit_usage   = 2;
-constexpr int exit_skipped = 77;  // ctest's SKIP_RETURN_CODE
+using qprob_cli::exit_failed;
+using qprob_cli::exit_skipped;
+using qprob_cli::exit_usage;
 
 struct options {
   fs::path model, data, text, calib, out;
@@ -403,16 +405,5 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "results JSON file (written atomically)")->required();
   app.add_flag("--no-progress", o.no_progress, "no progress bars (they are also off when stderr is not a terminal)");
   app.add_flag("--skip-missing", o.skip_missing, "exit 77 (skipped) when --model or --data is absent");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : exit_usage;
-  }
-  try {
-    return run(o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return exit_failed;
-  }
+  return qprob_cli::parse_and_run(app, argc, argv, [&] { return run(o); });
 }
