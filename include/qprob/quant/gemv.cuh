@@ -337,14 +337,20 @@ __global__ void __launch_bounds__(Warps * 32) gemv_mma_kernel(const half_t* __re
 enum class int_gemv_path { tensor_cores, generic };
 
 template <quantized_policy P>
-int_gemv_path int_gemv_path_for(const half_t* x, std::int64_t ldx, std::int64_t k, std::int64_t n,
+int_gemv_path int_gemv_path_for(device_view<const half_t, 2> x, device_view<const std::uint32_t, 2> qweight,
+                                device_view<const half_t, 2> scales, device_view<const std::uint8_t, 2> zeros,
                                 const std::int32_t* maybe_g_idx) noexcept {
   if constexpr (!gemv_detail::mma_bits<P>) {
     return int_gemv_path::generic;
   } else {
     constexpr std::int64_t V = P::pack_block_values;
-    const bool aligned_x = reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && ldx % std::min<std::int64_t>(V, 8) == 0;
-    const bool ok = maybe_g_idx == nullptr && n % 4 == 0 && k % V == 0 && P::group_width(k) % V == 0 && aligned_x &&
+    const auto k = x.shape(1), n = qweight.shape(1);
+    const auto aligned = [](const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; };
+    // 16-byte loads of x (V halves at a time, 8 for 2 bits) and of 4 columns' words; 8-byte scales, 4-byte zeros.
+    const bool layout = aligned(x.data(), 16) && x.stride(0) % std::min<std::int64_t>(V, 8) == 0 &&
+                        qweight.stride(1) == 1 && scales.stride(1) == 1 && zeros.stride(1) == 1 &&
+                        aligned(qweight.data(), 16) && aligned(scales.data(), 8) && aligned(zeros.data(), 4);
+    const bool ok = maybe_g_idx == nullptr && n % 4 == 0 && k % V == 0 && P::group_width(k) % V == 0 && layout &&
                     k < (std::int64_t{1} << 30) / V && n < (std::int64_t{1} << 30);
     return ok ? int_gemv_path::tensor_cores : int_gemv_path::generic;
   }
@@ -374,10 +380,7 @@ void int_gemv(device_view<const half_t, 2> x, device_view<const std::uint32_t, 2
               "int_gemv: scales/zeros must be (", P::groups(k), ", ", n, ")");
   QPROB_CHECK(x.stride(1) == 1 && y.stride(1) == 1, "int_gemv: x and y rows must be contiguous");
   if constexpr (gemv_detail::mma_bits<P>) {
-    if (int_gemv_path_for<P>(x.data(), x.stride(0), k, n, maybe_g_idx) == int_gemv_path::tensor_cores &&
-        qweight.stride(1) == 1 && scales.stride(1) == 1 && zeros.stride(1) == 1 &&
-        reinterpret_cast<std::uintptr_t>(qweight.data()) % 16 == 0 &&
-        reinterpret_cast<std::uintptr_t>(scales.data()) % 8 == 0 && reinterpret_cast<std::uintptr_t>(zeros.data()) % 4 == 0) {
+    if (int_gemv_path_for<P>(x, qweight, scales, zeros, maybe_g_idx) == int_gemv_path::tensor_cores) {
       const auto tiles = static_cast<unsigned>((n + gemv_detail::kMmaCols - 1) / gemv_detail::kMmaCols);
       // Few column tiles (N = 4096: 128 blocks for 132 SMs) get more warps each, to keep enough loads in flight.
       const bool wide = tiles < 256;

@@ -73,10 +73,13 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
     qprob::device_buffer<qprob::half_t> d_y(rows * n, s);
     d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
     qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(rows, k, n), s);
-    CHECK(qprob::quant::int_gemv_path_for<P>(d_x.data(), k, k, n, g_idx.empty() ? nullptr : d_g.data()) == expected);
-    qprob::quant::int_gemv<P>(std::as_const(d_x).view(rows, k), std::as_const(d_q).view(P::packed_words(k), n),
-                              std::as_const(d_s).view(P::groups(k), n), std::as_const(d_z).view(P::groups(k), n),
-                              g_idx.empty() ? nullptr : d_g.data(), d_y.view(rows, n), ws.data(), s);
+    const auto xv = std::as_const(d_x).view(rows, k);
+    const auto qv = std::as_const(d_q).view(P::packed_words(k), n);
+    const auto sv = std::as_const(d_s).view(P::groups(k), n);
+    const auto zv = std::as_const(d_z).view(P::groups(k), n);
+    const auto* gv = g_idx.empty() ? nullptr : d_g.data();
+    CHECK(qprob::quant::int_gemv_path_for<P>(xv, qv, sv, zv, gv) == expected);
+    qprob::quant::int_gemv<P>(xv, qv, sv, zv, gv, d_y.view(rows, n), ws.data(), s);
     const auto y = d_y.to_host();
     double rms = 0;
     std::vector<double> ref(static_cast<std::size_t>(rows * n));
