@@ -83,6 +83,7 @@ void BM_score(benchmark::State& state) {
   qprob::engine::engine_options o;
   o.max_batch_rows = state.range(0);
   o.gemm_rows      = state.range(2);
+  o.tensor_core_attention = state.range(3) != 0;
   auto eng        = qprob::engine::engine::random(cfg, o, 1);
   const auto v     = reqs->views();
   const bool share = state.range(1) != 0;
@@ -132,7 +133,11 @@ void BM_gptq_model(benchmark::State& state) {
     const auto q  = eng.quantize(s, windows);
     state.SetIterationTime(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     layers = static_cast<std::int64_t>(q.size());
-    state.counters["peak_GiB"] = static_cast<double>(eng.stats().peak_pool_bytes) / (1024.0 * 1024.0 * 1024.0);
+    const auto st              = eng.stats();
+    state.counters["peak_GiB"] = static_cast<double>(st.peak_pool_bytes) / (1024.0 * 1024.0 * 1024.0);
+    state.counters["forward_s"] = st.quantize_forward_seconds;
+    state.counters["solve_s"]   = st.quantize_solve_seconds;
+    state.counters["cache_GiB"] = static_cast<double>(st.quantize_cache_bytes) / (1024.0 * 1024.0 * 1024.0);
   }
   state.counters["linears"]  = static_cast<double>(layers);
   state.counters["nsamples"] = static_cast<double>(nsamples);
@@ -141,12 +146,12 @@ void BM_gptq_model(benchmark::State& state) {
 }  // namespace
 
 // Args: max_batch_rows, prefix sharing (1) or not (0), gemm_rows (the fixed GEMM block: larger blocks run cuBLAS
-// closer to its peak, smaller ones pad less).
+// closer to its peak, smaller ones pad less; 2048 measured best, docs/performance.md), tensor-core attention (1)
+// or the CUDA-core kernel (0).
 BENCHMARK(BM_score)
-    ->Args({8192, 1, 2048})
-    ->Args({8192, 1, 4096})
-    ->Args({16384, 1, 8192})
-    ->Args({8192, 0, 2048})
+    ->Args({8192, 1, 2048, 1})
+    ->Args({8192, 1, 2048, 0})
+    ->Args({8192, 0, 2048, 1})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3);

@@ -4,6 +4,7 @@
 # the gpu and host tests (a missing GPU is a failure here, not a skip), the PyTorch parity suite, the
 # benchmarks briefly, and print a summary table last. Logs and JSON results go to $OUT (or out/ locally).
 #   tools/gpu-check.sh [--no-bench] [--bench-filter REGEX] [--tests-only] [--bench-only] [--build-only]
+# QPROB_PYTEST="tests/torch/test_engine_parity.py" runs only those parity files (default: all of tests/torch).
 # QPROB_BUILD_TARGETS="qprob_cli bench_gemv" builds only those targets (with --build-only: a partial run whose
 # next commands use build/gpu directly).
 # Engine parity (tests/torch/test_engine_parity.py) needs make_family_models.py's random models (about 3.6 GB in
@@ -109,7 +110,7 @@ if [ "$run_tests" = 1 ]; then
   if [ -d tests/torch ] && ls tests/torch/test_*.py >/dev/null 2>&1; then
     # OUT: the engine parity suite writes engine_parity.json there.
     QPROB_BUILD_DIR="$PWD/build/$preset" QPROB_FAMILY_MODELS_DIR="$family_dir" OUT="$out" PYTHONUNBUFFERED=1 \
-      python3 -m pytest -q -rA -s tests/torch --junitxml="$work/pytest.xml" > "$out/pytest.log" 2>&1 || ctest_status=1
+      python3 -m pytest -q -rA -s ${QPROB_PYTEST:-tests/torch} --junitxml="$work/pytest.xml" > "$out/pytest.log" 2>&1 || ctest_status=1
     tail -5 "$out/pytest.log"
   fi
 fi

@@ -109,6 +109,8 @@ struct layer_report {
 struct quantize_result {
   std::vector<quant::quantized_linear> layers;  ///< in block_linears() order
   std::vector<layer_report> reports;
+  /// Wall time per part of the work where the backend measures it (GPU: calibration forwards, solver).
+  std::vector<std::pair<std::string, double>> phase_seconds;
 };
 
 using quantize_progress = std::function<void(std::size_t done, std::size_t total)>;

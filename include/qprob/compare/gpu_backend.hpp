@@ -40,7 +40,9 @@ public:
     es.use_gptq = s.method == quant_method::gptq;
     es.policy   = s.policy;
     es.solver   = s.gptq;
-    auto q = scorer_.engine().quantize(es, windows, progress);
+    const auto before = scorer_.engine().stats();
+    auto q            = scorer_.engine().quantize(es, windows, progress);
+    const auto after  = scorer_.engine().stats();
     std::map<std::pair<std::int64_t, model::tensor_role>, std::size_t> by_slot;
     for (std::size_t i = 0; i < q.size(); ++i) {
       by_slot[{q[i].layer, q[i].role}] = i;
@@ -63,6 +65,8 @@ public:
       out.layers.push_back({bl.name, std::move(ql.weight)});
       out.reports.push_back(std::move(rep));
     }
+    out.phase_seconds = {{"calibration_forwards", after.quantize_forward_seconds - before.quantize_forward_seconds},
+                         {"solver", after.quantize_solve_seconds - before.quantize_solve_seconds}};
     return out;
   }
 

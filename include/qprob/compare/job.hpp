@@ -491,6 +491,11 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
       }
       qblock["checkpoint"] = ckpt_dir.string();
       qblock["seconds"]    = sec;
+      std::string phases;
+      for (const auto& [name, seconds] : res.phase_seconds) {
+        qblock["phase_seconds"][name] = seconds;
+        phases += (phases.empty() ? "" : ", ") + name + " " + std::to_string(seconds) + " s";
+      }
       ojson layers         = ojson::array();
       for (const auto& r : res.reports) {
         layers.push_back(ojson{{"name", r.name}, {"weight_mse", r.weight_mse}, {"gptq_loss", job_detail::number(r.loss)},
@@ -504,7 +509,8 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
       mk["report"]            = qblock;
       io::write_file_atomic(marker, mk.dump(2) + "\n");
       log("quantized " + std::to_string(res.layers.size()) + " layers (" + std::string(to_string(qs.method)) + ", " +
-          quant::describe(qs.policy) + ") in " + std::to_string(sec) + " s -> " + ckpt_dir.string());
+          quant::describe(qs.policy) + ") in " + std::to_string(sec) + " s" + (phases.empty() ? "" : " (" + phases + ")") +
+          " -> " + ckpt_dir.string());
     }
   }
   // Both paths evaluate the checkpoint as loaded back, so --quantized <out>/quantized reproduces the numbers.

@@ -27,6 +27,7 @@
 #include <qprob/core/numeric.hpp>
 #include <qprob/core/stream.hpp>
 #include <qprob/engine/engine.hpp>
+#include <qprob/engine/attention_mma.cuh>
 #include <qprob/engine/kernels.cuh>
 #include <qprob/engine/plan.hpp>
 #include <qprob/io/safetensors.hpp>
@@ -39,6 +40,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -633,13 +635,27 @@ private:
   /// sees the inputs of the q|k|v and o projections; true from it means stop here (returns true).
   template <class Report>
   bool attention_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report) {
-    const auto H = cfg_.hidden_size, D = cfg_.head_dim;
-    const auto QD = cfg_.num_heads * D, KVD = cfg_.num_kv_heads * D, W = QD + 2 * KVD;
-    Act* qkv = qkv_.get(rows_padded * W, stream_);
-    Act* att = att_.get(rows_padded * QD, stream_);
+    const auto H = cfg_.hidden_size, QD = cfg_.num_heads * cfg_.head_dim;
     if (report(layer_stage::qkv_input, h_.buf.data(), H)) {
       return true;
     }
+    // GPTQ's later sub-groups reuse the attention output computed once after q|k|v were quantized (att_cache_).
+    Act* att = att_cache_.out != nullptr ? att_cache_.out : att_.get(rows_padded * QD, stream_);
+    if (att_cache_.out == nullptr || !att_cache_.ready) {
+      compute_attention(L, rows, rows_padded, att);
+    }
+    if (report(layer_stage::o_input, att, QD)) {
+      return true;
+    }
+    gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows);
+    return false;
+  }
+
+  /// q|k|v projection, positions and causal attention of layer L over the plan's rows: att (rows x q heads x D).
+  void compute_attention(const layer& L, std::int64_t rows, std::int64_t rows_padded, Act* att) {
+    const auto H = cfg_.hidden_size, D = cfg_.head_dim;
+    const auto QD = cfg_.num_heads * D, KVD = cfg_.num_kv_heads * D, W = QD + 2 * KVD;
+    Act* qkv = qkv_.get(rows_padded * W, stream_);
     gemm(h_.buf.data(), L.qkv.w.data(), qkv, rows_padded, H, W, options_.gemm_rows);
     kernels::qkv_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
         qkv, W, L.qkv.bias(), positions_dev_.data(), inv_freq_.empty() ? nullptr : inv_freq_.data(), half_rotary_,
@@ -660,17 +676,11 @@ private:
     p.kv_heads  = static_cast<int>(cfg_.num_kv_heads);
     p.window    = current_window_;
     p.scale     = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-    const dim3 grid(static_cast<unsigned>(tiles_dev_.size()), static_cast<unsigned>(cfg_.num_heads));
-    const auto smem = kernels::attention_smem_bytes(static_cast<int>(D));
     with_dpl(dpl_, [&](auto k) {
-      kernels::attention_kernel<Act, decltype(k)::value><<<grid, kernels::kAttnThreads, smem, stream_>>>(p);
+      kernels::launch_attention<Act, decltype(k)::value>(p, static_cast<int>(tiles_dev_.size()), options_.tensor_core_attention,
+                                                         stream_);
     });
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
-    if (report(layer_stage::o_input, att, QD)) {
-      return true;
-    }
-    gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows);
-    return false;
   }
 
   /// MLP block of layer L on h: leaves down(act(...)) in y (float32, no down bias); stops like attention_block.
@@ -1053,6 +1063,40 @@ private:
       upload_plan(b);
       embed(xs.back().data(), b.rows(), padded);
     }
+    // The attention output of every calibration row (rows x q heads x head_dim, ~2 GiB for 128 x 2048 tokens
+    // of a 7B model), computed once per layer after q|k|v are quantized and reused by the o, MLP and final
+    // passes, when it fits beside a 2 GiB margin for the solver; otherwise those passes recompute it.
+    std::vector<device_buffer<Act>> att_cache;
+    if (gptq) {
+      std::int64_t need = 0;
+      for (const auto& b : plans) {
+        need += round_up(b.rows(), options_.gemm_rows) * cfg_.num_heads * cfg_.head_dim * static_cast<std::int64_t>(sizeof(Act));
+      }
+      std::size_t free_bytes = 0, total_bytes = 0;
+      QPROB_CUDA_TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
+      if (need + (std::int64_t{2} << 30) < static_cast<std::int64_t>(free_bytes)) {
+        for (const auto& b : plans) {
+          att_cache.emplace_back(round_up(b.rows(), options_.gemm_rows) * cfg_.num_heads * cfg_.head_dim, stream_);
+        }
+        stats_.quantize_cache_bytes = need;
+      }
+    }
+    const auto use_cache = [&](std::size_t bi, bool ready) {
+      att_cache_.out   = att_cache.empty() ? nullptr : att_cache[bi].data();
+      att_cache_.ready = ready;
+    };
+    struct cache_reset {
+      decltype(att_cache_)& c;
+      ~cache_reset() { c = {}; }
+    } reset_on_exit{att_cache_};
+    using clock = std::chrono::steady_clock;
+    auto lap_start = clock::now();
+    const auto lap = [&](double& into) {  // wall time since the last lap, the stream drained
+      stream_.synchronize();
+      const auto now = clock::now();
+      into += std::chrono::duration<double>(now - lap_start).count();
+      lap_start = now;
+    };
     const layer_stage stages[4] = {layer_stage::qkv_input, layer_stage::o_input, layer_stage::up_input, layer_stage::down_input};
     for (std::int64_t l = 0; l < cfg_.num_layers; ++l) {
       auto& L           = layers_[static_cast<std::size_t>(l)];
@@ -1082,21 +1126,29 @@ private:
             float* scratch = x_.get(padded * H, stream_);  // run_layer may modify x before it stops
             QPROB_CUDA_TRY(cudaMemcpyAsync(scratch, xs[bi].data(), static_cast<std::size_t>(padded * H) * sizeof(float),
                                            cudaMemcpyDeviceToDevice, stream_));
+            if (stage != layer_stage::qkv_input) {
+              use_cache(bi, stage != layer_stage::o_input);  // the o stage fills it, later ones read it
+            }
             run_layer(l, scratch, rows, padded, &observe, stage);
           }
           hessian = acc->hessian().data();
+          lap(stats_.quantize_forward_seconds);
         }
         std::vector<quantized_layer> group;
         for (const auto* sl : members) {
           group.push_back(quantize_slice<P>(l, *sl, hessian, settings));
         }
+        lap(stats_.quantize_solve_seconds);
         emit(std::move(group));
       }
-      for (std::size_t bi = 0; bi < plans.size(); ++bi) {  // the quantized layer's outputs feed the next layer
+      for (std::size_t bi = 0; gptq && bi < plans.size(); ++bi) {  // the quantized layer's outputs feed the next layer
         const auto rows = plans[bi].rows();
         upload_plan(plans[bi]);
+        use_cache(bi, true);
         run_layer(l, xs[bi].data(), rows, round_up(rows, options_.gemm_rows), nullptr, layer_stage::all);
       }
+      att_cache_ = {};
+      lap(stats_.quantize_forward_seconds);
     }
     return out;
   }
@@ -1116,6 +1168,12 @@ private:
   int half_rotary_ = 0;
   int dpl_         = 1;
   std::int64_t current_window_ = 0;
+  /// Set by quantize_with for one batch: attention_block writes its attention output to `out` (ready false) or
+  /// takes it from there (ready true) instead of recomputing q|k|v and attention.
+  struct {
+    Act* out   = nullptr;
+    bool ready = false;
+  } att_cache_;
   float* x_cur_                = nullptr;  // the residual stream run_layer() works on
   std::int64_t weight_bytes_   = 0;
 

@@ -43,6 +43,9 @@ struct engine_options {
   std::int64_t gemm_rows = 2048;
   /// LM-head rows per vocabulary chunk (float32 logits exist for this many rows at a time only).
   std::int64_t head_rows = 512;
+  /// Causal attention on tensor cores (fp16/bf16, head_dim 32, 64, 80, 96 or 128; engine/attention_mma.cuh);
+  /// false, or any other case, runs the float32 CUDA-core kernel (comparisons and benchmarks).
+  bool tensor_core_attention = true;
   int device = 0;
 };
 
@@ -67,6 +70,9 @@ struct engine_stats {
   std::int64_t rows_computed     = 0;  ///< token rows through the transformer since construction
   std::int64_t request_tokens    = 0;  ///< sum of request input lengths (rows without prefix sharing)
   std::int64_t forward_passes    = 0;
+  double quantize_forward_seconds = 0;  ///< quantize(): calibration forwards and Hessian accumulation (wall time)
+  double quantize_solve_seconds   = 0;  ///< quantize(): GPTQ / RTN solver (wall time)
+  std::int64_t quantize_cache_bytes = 0;  ///< quantize(): device bytes of the reused attention outputs (0: none)
 };
 
 /// What engine::quantize does.

@@ -51,15 +51,36 @@ double unit_roundoff(activation_type t) {
 }
 
 /// The tiny model of `family` with every weight rounded to `t`, so that the reference sees the engine's weights.
+/// Families with "_d<N>" have two heads of head_dim N (the tensor-core attention kernel's sizes) and their matrices
+/// scaled by sqrt(16 / hidden) so activations stay of the size the other tiny models have.
 nlohmann::json write_rounded_model(const std::filesystem::path& dir, const std::string& family, activation_type t,
                                    std::uint64_t seed) {
-  auto cfg = qprob::test::tiny_config(family == "phi_noqk" ? "phi" : family);
+  const auto wide  = family.find("_d");
+  const auto base  = family == "phi_noqk" ? std::string("phi") : family.substr(0, wide);
+  auto cfg = qprob::test::tiny_config(base);
   if (family == "phi_noqk") {
     cfg["qk_layernorm"] = false;  // phi-1/1.5/2 ship without it
   }
+  double matrix_scale = 1.0;
+  if (wide != std::string::npos) {
+    const int d      = std::stoi(family.substr(wide + 2));
+    const int hidden = 2 * d;
+    cfg["hidden_size"] = hidden;
+    cfg[base == "bloom" ? "n_head" : "num_attention_heads"] = 2;
+    if (base != "bloom") {
+      cfg["num_key_value_heads"]     = 1;
+      cfg["max_position_embeddings"] = 128;
+    }
+    matrix_scale = std::sqrt(16.0 / hidden);
+  }
   auto w = qprob::test::tiny_weights(cfg, seed);
   for (auto& [name, v] : w) {
+    const bool matrix = name.find("norm") == std::string::npos && name.find("ln_") == std::string::npos &&
+                        name.find("bias") == std::string::npos;
     for (auto& x : v) {
+      if (matrix) {
+        x = static_cast<float>(x * matrix_scale);
+      }
       if (t == activation_type::f16) {
         x = qprob::to_float(qprob::to_half(x));
       } else if (t == activation_type::bf16) {
@@ -155,7 +176,8 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
   qprob::test::temp_dir tmp("engine_families");
   for (const auto t : {activation_type::f16, activation_type::bf16, activation_type::f32}) {
     const char* tname = t == activation_type::f16 ? "f16" : t == activation_type::bf16 ? "bf16" : "f32";
-    for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi", "phi_noqk"}) {
+    for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi", "phi_noqk", "llama_d64",
+                                     "bloom_d32", "mistral_d80", "qwen2_d128"}) {
       const auto dir = tmp.path() / (family + "_" + tname);
       write_rounded_model(dir, family, t, rng());
       const auto ref = qprob::reference::reference_model::from_directory(dir);
@@ -164,7 +186,11 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
       o.gemm_rows = 64;  // tiny models: small GEMM blocks
       auto eng   = qprob::engine::engine::from_directory(dir, o);
       const auto V = ref.vocab_size();
-      for (const std::size_t T : {1u, 5u, 23u}) {
+      const bool wide = family.find("_d") != std::string::npos;  // tensor-core attention: also several key chunks
+      for (const std::size_t T : {1u, 5u, 23u, wide ? 70u : 0u}) {
+        if (T == 0) {
+          continue;
+        }
         const auto toks = random_tokens(rng, T, V);
         const auto got  = eng.logits(toks);
         const auto want = ref.logits(toks);
