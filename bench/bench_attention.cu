@@ -3,7 +3,7 @@
 //   windows  GPTQ's calibration batches: 4 sequences of 2048 tokens (8192 rows, plan_sequences);
 //   requests HellaSwag-like scoring batches: contexts of 60-140 tokens shared by 4 continuations of 10-40.
 // Tensor cores (engine/attention_mma.cuh) against the float32 CUDA-core kernel, same process; CUDA-event timing
-// with L2 flushed. tflops counts 4 * D flops per visible (query, key) pair and head (q.k and p.v), so it is the
+// with L2 flushed. TFLOP/s counts 4 * D flops per visible (query, key) pair and head (q.k and p.v), so it is the
 // useful work, not the work a kernel does on masked keys.
 #include <qprob/engine/attention_mma.cuh>
 #include <qprob/engine/plan.hpp>
@@ -100,7 +100,7 @@ void BM_attention(benchmark::State& state) {
     QPROB_CUDA_TRY(cudaGetLastError());
   });
   const double flops = 4.0 * kDim * kHeads * visible_pairs(plan);
-  state.counters["tflops"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["TFLOP/s"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["rows"]   = static_cast<double>(plan.rows());
 }
 

@@ -179,7 +179,10 @@ def main():
     rows = []
     merged = {}
     for f in sorted(out.glob("bench_*.json")):
-        data = json.loads(f.read_text())
+        try:
+            data = json.loads(f.read_text())
+        except ValueError:  # a bench whose benchmarks the filter excluded writes an empty file
+            continue
         merged[f.stem] = data
         for b in data.get("benchmarks", []):
             if b.get("run_type") == "aggregate":
