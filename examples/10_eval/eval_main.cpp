@@ -67,6 +67,7 @@ struct options {
   std::filesystem::path out_dir = ".";
   std::optional<std::size_t> limit;
   std::optional<std::size_t> batch_size;  // default: 1 on cpu, 4096 on cuda
+  std::optional<std::int64_t> max_length;  // default: the model's (max_position_embeddings, else 2048)
   std::string device     = "cpu";
   std::filesystem::path write_requests;
   bool no_progress       = false;
@@ -169,16 +170,19 @@ int run(const std::string& task, const options& opt) {
   long long max_length = 0;
   if (opt.device == "cuda") {
 #if defined(QPROB_EVAL_WITH_ENGINE)
-    auto g     = std::make_unique<qprob::eval::gpu_scorer>(qprob::engine::engine::from_directory(opt.model_dir));
-    max_length = static_cast<long long>(g->max_length());
+    qprob::engine::engine_options eopt;
+    eopt.max_length = opt.max_length;
+    auto g     = std::make_unique<qprob::eval::gpu_scorer>(qprob::engine::engine::from_directory(opt.model_dir, eopt));
+    max_length = static_cast<long long>(*g->max_length());
     scorer     = std::move(g);
 #else
     std::fprintf(stderr, "error: --device cuda: this build has no GPU engine (configure with QPROB_ENABLE_CUDA=ON)\n");
     return exit_usage;
 #endif
   } else {
-    auto r     = std::make_unique<qprob::eval::reference_scorer>(qprob::reference::reference_model::from_directory(opt.model_dir));
-    max_length = static_cast<long long>(r->max_length());
+    auto r     = std::make_unique<qprob::eval::reference_scorer>(qprob::reference::reference_model::from_directory(opt.model_dir),
+                                                                 opt.max_length);
+    max_length = static_cast<long long>(*r->max_length());
     scorer     = std::move(r);
   }
   auto& engine = *scorer;
@@ -244,6 +248,10 @@ int qprob_examples::eval_main(const char* task, int argc, char** argv) {
   app.add_option("--limit", opt.limit, "evaluate only the first N documents (lm-eval --limit N)")->check(CLI::PositiveNumber);
   app.add_option("--batch-size", opt.batch_size,
                  "requests per scorer call (results do not depend on it; default 1 on cpu, 4096 on cuda)");
+  app.add_option("--max-length", opt.max_length,
+                 "lm-eval's max_length: context + continuation are cut to it from the left; a longer continuation is "
+                 "an error (default: the model's max_position_embeddings, else 2048)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--device", opt.device, "cpu (host reference, tiny models) or cuda (the GPU engine)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--write-requests", opt.write_requests,

@@ -55,6 +55,7 @@ struct cli_options {
   std::string batch_size = "auto";
   std::string metrics_compat = "none";
   std::string device = "cuda";
+  std::optional<std::int64_t> max_length;
   bool no_progress = false, skip_missing = false, no_report = false;
 };
 
@@ -119,6 +120,7 @@ int run_compare(const cli_options& c) {
   }
   o.seed_compat           = c.metrics_compat == "seed";
   o.device                = c.device;
+  o.max_length            = c.max_length;
   o.progress              = !c.no_progress;
   o.quant.method          = c.quant == "rtn" ? qprob::compare::quant_method::rtn : qprob::compare::quant_method::gptq;
   o.quant.policy.bits     = c.bits;
@@ -173,6 +175,10 @@ int main(int argc, char** argv) {
   cmp->add_option("--data", c.data, "benchmark data directory (the layout of shared/data)")->required();
   cmp->add_option("--limit", c.limit, "evaluate only the first N documents of each task")->check(CLI::PositiveNumber);
   cmp->add_option("--batch-size", c.batch_size, "auto or N requests per scorer call (results do not depend on it)");
+  cmp->add_option("--max-length", c.max_length,
+                  "lm-eval's max_length (context + continuation cut from the left; a longer continuation is an "
+                  "error); default: the model's max_position_embeddings, else 2048")
+      ->check(CLI::PositiveNumber);
   cmp->add_option("--metrics-compat", c.metrics_compat, "none or seed (the first paper's notebook: ACE and alpha 0.01)")
       ->check(CLI::IsMember({"none", "seed"}));
   cmp->add_option("--device", c.device, "cuda (default: the GPU engine) or cpu (host reference, tiny models)")

@@ -29,7 +29,7 @@ public:
     return scorer_.engine().config();
   }
   [[nodiscard]] std::int64_t parameters() const override { return parameters_; }
-  [[nodiscard]] std::int64_t max_length() const override { return scorer_.max_length(); }
+  [[nodiscard]] std::int64_t max_length() const override { return *scorer_.max_length(); }
   [[nodiscard]] eval::scorer& full_scorer() override { return scorer_; }
 
   quantize_result quantize(const std::vector<block_linear>& linears, const quantize_settings& s,
@@ -91,6 +91,9 @@ private:
 /// run_compare on the GPU engine (opt.device "cuda").
 inline compare_outcome run_compare_gpu(const compare_options& opt, engine::engine_options options = {}) {
   job_detail::check_options(opt);
+  if (opt.max_length) {
+    options.max_length = opt.max_length;
+  }
   gpu_backend backend(opt.model_dir, options);
   return run_compare(opt, backend);
 }

@@ -66,6 +66,8 @@ struct compare_options {
   std::string batch_size_arg = "1";  ///< as given ("auto" or a number), recorded in results.json
   bool seed_compat = false;     ///< --metrics-compat seed
   std::string device = "cpu";
+  /// lm-eval's max_length for both models; nullopt: the model's (max_position_embeddings, else 2048).
+  std::optional<std::int64_t> max_length;
   quantize_settings quant;      ///< used when quantized_dir is unset
   quant::calibration_options calib;  ///< GPTQ calibration (source, nsamples, seqlen, seed)
   bool progress = true;
@@ -97,11 +99,11 @@ public:
 /// The host reference path: exact, single-threaded, for tiny models.
 class cpu_backend final : public compare_backend {
 public:
-  explicit cpu_backend(const std::filesystem::path& model_dir)
-      : full_(reference::reference_model::from_directory(model_dir)) {}
+  explicit cpu_backend(const std::filesystem::path& model_dir, std::optional<std::int64_t> max_length = std::nullopt)
+      : full_(reference::reference_model::from_directory(model_dir), max_length) {}
   [[nodiscard]] const model::model_config& config() const override { return full_.model().config(); }
   [[nodiscard]] std::int64_t parameters() const override { return full_.model().parameters(); }
-  [[nodiscard]] std::int64_t max_length() const override { return full_.max_length(); }
+  [[nodiscard]] std::int64_t max_length() const override { return *full_.max_length(); }
   [[nodiscard]] eval::scorer& full_scorer() override { return full_; }
   quantize_result quantize(const std::vector<block_linear>& linears, const quantize_settings& s,
                            const std::vector<std::vector<std::int32_t>>& windows, const quantize_progress& progress) override {
@@ -111,7 +113,7 @@ public:
   [[nodiscard]] eval::scorer& quantized_scorer(const quant::gptq_checkpoint& ckpt) override {
     auto qmodel = full_.model();
     apply_dequantized(qmodel, ckpt);
-    quantized_ = std::make_unique<eval::reference_scorer>(std::move(qmodel), full_.max_length());
+    quantized_ = std::make_unique<eval::reference_scorer>(std::move(qmodel), *full_.max_length());
     return *quantized_;
   }
 
@@ -691,7 +693,7 @@ inline compare_outcome run_compare(const compare_options& opt) {
   QPROB_CHECK(opt.device == "cpu", "compare: --device ", opt.device,
               " needs the GPU backend (compare/gpu_backend.hpp, linked with qprob::kernels)");
   job_detail::check_options(opt);
-  cpu_backend backend(opt.model_dir);
+  cpu_backend backend(opt.model_dir, opt.max_length);
   return run_compare(opt, backend);
 }
 

@@ -137,7 +137,7 @@ public:
                 "engine_options: gemm_rows=", options_.gemm_rows, ", head_rows=", options_.head_rows,
                 " and max_batch_rows=", options_.max_batch_rows, " must be positive");
     max_length_ = options_.max_length.value_or(reference::default_max_length(cfg_));
-    QPROB_CHECK(max_length_ > 0, "engine_options: max_length=", max_length_);
+    reference::check_max_length(cfg_, max_length_);
     QPROB_CUBLAS_TRY(cublasSetMathMode(blas_.get(), static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
                                                                                CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
     cudaMemPool_t pool = nullptr;

@@ -41,6 +41,9 @@ struct eval_options {
   std::optional<std::size_t> limit;
   /// lm-eval's add_bos_token / prefix_token_id (model/requests.hpp).
   model::encode_options encode;
+  /// lm-eval's max_length: a continuation longer than it is refused with the document named (lm-eval's HFLM
+  /// asserts the same). evaluate() takes the scorer's when unset; nullopt in encode_task_requests: no check.
+  std::optional<std::int64_t> max_length;
   /// Called after every batch with (requests done, requests in all); also once with (0, total) at the start.
   std::function<void(std::size_t done, std::size_t total)> progress;
 };
@@ -132,7 +135,8 @@ struct task_requests {
 };
 
 /// Builds task_requests for documents_to_evaluate(task, opt) documents.
-/// @throws invalid_argument naming the task, document and choice of a request lm-eval would reject.
+/// @throws invalid_argument naming the task, document and choice of a request lm-eval would reject (also a
+///         continuation longer than opt.max_length).
 [[nodiscard]] inline task_requests encode_task_requests(const tasks::task_data& task, const tokenizer& tok,
                                                         const eval_options& opt = {}) {
   task_requests out;
@@ -147,6 +151,12 @@ struct task_requests {
     for (const auto& q : d.requests()) {
       try {
         out.loglikelihood.push_back(model::encode_request(tok, q.context, q.continuation, opt.encode));
+        const auto n = static_cast<std::int64_t>(out.loglikelihood.back().continuation.size());
+        if (opt.max_length && n > *opt.max_length) {
+          throw invalid_argument("the continuation has " + std::to_string(n) + " tokens, more than max_length=" +
+                                 std::to_string(*opt.max_length) +
+                                 " (lm-eval refuses it too); raise --max-length (lm-eval: --model_args max_length=N)");
+        }
       } catch (const invalid_argument& e) {
         throw invalid_argument(task.task + " doc " + std::to_string(d.doc_id) + " (" + d.source + ") choice " +
                                std::to_string(q.choice) + ": " + e.what());
@@ -185,7 +195,11 @@ struct task_requests {
       r.choices[c].char_len = eval_detail::code_points(d.choices[c]);
     }
   }
-  const auto flat        = encode_task_requests(task, tok, opt);
+  eval_options checked = opt;
+  if (!checked.max_length) {
+    checked.max_length = engine.max_length();
+  }
+  const auto flat        = encode_task_requests(task, tok, checked);
   const auto& ll_requests = flat.loglikelihood;
   const auto& ll_slots    = flat.slots;
   const auto& nt_contexts = flat.contexts;

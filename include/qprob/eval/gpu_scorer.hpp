@@ -26,7 +26,7 @@ public:
   [[nodiscard]] std::string name() const override { return engine_.name(); }
   [[nodiscard]] engine::engine& engine() noexcept { return engine_; }
   [[nodiscard]] const engine::engine& engine() const noexcept { return engine_; }
-  [[nodiscard]] std::int64_t max_length() const noexcept { return engine_.max_length(); }
+  [[nodiscard]] std::optional<std::int64_t> max_length() const noexcept override { return engine_.max_length(); }
 
   [[nodiscard]] std::vector<loglikelihood_result> score(std::span<const encoded_request> batch) override {
     std::vector<engine::token_request> reqs;

@@ -27,7 +27,7 @@ public:
   explicit reference_scorer(reference::reference_model model, std::optional<std::int64_t> max_length = std::nullopt)
       : model_(std::move(model))
       , max_length_(max_length.value_or(reference::default_max_length(model_.config()))) {
-    QPROB_CHECK(max_length_ > 0, "reference_scorer: max_length=", max_length_);
+    reference::check_max_length(model_.config(), max_length_);
   }
 
   /// Loads `dir` with reference_model::from_directory.
@@ -38,7 +38,7 @@ public:
 
   [[nodiscard]] std::string name() const override { return "reference-cpu"; }
   [[nodiscard]] const reference::reference_model& model() const noexcept { return model_; }
-  [[nodiscard]] std::int64_t max_length() const noexcept { return max_length_; }
+  [[nodiscard]] std::optional<std::int64_t> max_length() const noexcept override { return max_length_; }
 
   [[nodiscard]] std::vector<loglikelihood_result> score(std::span<const encoded_request> batch) override {
     std::vector<loglikelihood_result> out;

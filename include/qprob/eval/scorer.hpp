@@ -10,6 +10,7 @@
 #include <qprob/model/requests.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -51,6 +52,10 @@ public:
 
   /// Scores a batch of requests; result i answers batch[i]. Must not depend on how requests are batched.
   [[nodiscard]] virtual std::vector<loglikelihood_result> score(std::span<const encoded_request> batch) = 0;
+
+  /// lm-eval's max_length (left truncation of context + continuation), if the scorer has one: evaluate()
+  /// refuses a continuation longer than it, naming the document, as lm-eval's HFLM asserts.
+  [[nodiscard]] virtual std::optional<std::int64_t> max_length() const { return std::nullopt; }
 
   /// Whether next_token() is implemented.
   [[nodiscard]] virtual bool supports_next_token() const { return false; }

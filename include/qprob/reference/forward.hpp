@@ -629,6 +629,15 @@ inline std::int64_t default_max_length(const model::model_config& c) noexcept {
   return c.max_positions > 0 ? c.max_positions : 2048;
 }
 
+/// Checks a max_length asked for: positive, and within the position table of a model with learned positions
+/// (OPT); rotary and ALiBi models compute any position (lm-eval lets --model_args max_length exceed the config).
+/// @throws invalid_argument naming both numbers.
+inline void check_max_length(const model::model_config& c, std::int64_t max_length) {
+  QPROB_CHECK(max_length > 0, "max_length=", max_length, " must be positive");
+  QPROB_CHECK(c.positions.kind != model::position_kind::learned || max_length <= c.max_positions, "max_length=",
+              max_length, " exceeds the model's learned position table (max_position_embeddings=", c.max_positions, ")");
+}
+
 /// Scores `continuation` after `context` as lm-eval's _loglikelihood_tokens: the model input is
 /// (context + continuation)[-(max_length + 1):][:-1] (left truncation, last token dropped), and the last
 /// len(continuation) rows of its log-softmax score the continuation tokens.

@@ -549,3 +549,16 @@ TEST_CASE("linear observer sees every block linear's input in order, and set_lin
     CHECK_THROWS_AS((void)m.linear_at(0, R::embed_tokens), qprob::invalid_argument);
   }
 }
+
+TEST_CASE("check_max_length: learned position tables bound max_length, rotary and ALiBi models do not") {
+  const auto opt = qprob::model::parse_config(qprob::test::tiny_config("opt"), "config.json");  // 32 positions
+  CHECK_NOTHROW(qprob::reference::check_max_length(opt, 32));
+  CHECK_THROWS_WITH_AS(qprob::reference::check_max_length(opt, 33),
+                       doctest::Contains("exceeds the model's learned position table (max_position_embeddings=32)"),
+                       qprob::invalid_argument);
+  CHECK_THROWS_AS(qprob::reference::check_max_length(opt, 0), qprob::invalid_argument);
+  const auto llama = qprob::model::parse_config(qprob::test::tiny_config("llama"), "config.json");  // 64 positions
+  CHECK_NOTHROW(qprob::reference::check_max_length(llama, 4096));
+  const auto bloom = qprob::model::parse_config(qprob::test::tiny_config("bloom"), "config.json");
+  CHECK_NOTHROW(qprob::reference::check_max_length(bloom, 4096));
+}

@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -147,6 +148,44 @@ TEST_CASE("evaluate: batches never exceed batch_size and cover every request onc
   zero.batch_size = 0;
   fake_scorer f;
   CHECK_THROWS_AS((void)qe::evaluate(task, tok, f, zero), qprob::invalid_argument);
+}
+
+TEST_CASE("evaluate: a continuation longer than max_length is refused with the document named (as lm-eval asserts)") {
+  const auto model = stories_or_skip();
+  const auto data  = qprob::test::shared_data_or_skip("piqa");
+  if (!model || !data) {
+    return;
+  }
+  const auto tok = qprob::tokenizer::from_directory(*model);
+  qt::task_options to;
+  to.limit        = 3;
+  const auto task = qt::load_task("piqa", *data, to);
+  const auto reqs = qe::encode_task_requests(task, tok);  // no max_length: no check
+  std::size_t longest = 0;
+  for (const auto& r : reqs.loglikelihood) {
+    longest = std::max(longest, r.continuation.size());
+  }
+  REQUIRE(longest > 2);
+  const auto limit = static_cast<std::int64_t>(longest) - 1;
+  // The scorer's max_length is what evaluate() checks against when the options name none.
+  qe::reference_scorer engine(qprob::reference::reference_model::from_directory(*model), limit);
+  try {
+    (void)qe::evaluate(task, tok, engine);
+    FAIL("evaluate accepted a continuation of ", longest, " tokens with max_length ", limit);
+  } catch (const qprob::invalid_argument& e) {
+    const std::string what = e.what();
+    CAPTURE(what);
+    CHECK(what.find("more than max_length=" + std::to_string(limit)) != std::string::npos);
+    CHECK(what.find("--max-length") != std::string::npos);
+    CHECK(what.find("piqa doc ") != std::string::npos);  // the first offending request, with its choice
+    CHECK(what.find(" choice ") != std::string::npos);
+  }
+  qe::eval_options o;
+  o.max_length = static_cast<std::int64_t>(longest);  // exactly the longest: accepted
+  CHECK_NOTHROW((void)qe::encode_task_requests(task, tok, o));
+  o.max_length = limit;
+  CHECK_THROWS_WITH_AS((void)qe::encode_task_requests(task, tok, o), doctest::Contains("tokens, more than max_length"),
+                       qprob::invalid_argument);
 }
 
 TEST_CASE("evaluate: next_token_vocab documents (Price of Efficiency)") {
