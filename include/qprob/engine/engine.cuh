@@ -597,10 +597,14 @@ private:
     }
   }
 
-  /// Y[rows, N] = X[rows, K] W[N, K]^T over `rows_padded` rows (a multiple of chunk), chunk rows per call.
+  /// Y[rows, N] = X[rows, K] W[N, K]^T (+ Y when accumulate: the float32 residual stream takes the o / down
+  /// projection in the GEMM's epilogue, acc + y rounded once as the residual kernel would) over `rows_padded`
+  /// rows (a multiple of chunk), chunk rows per call.
   template <class OutT>
-  void gemm(const Act* x, const Act* w, OutT* y, std::int64_t rows_padded, std::int64_t k, std::int64_t n, std::int64_t chunk) {
-    const float alpha = 1.0f, beta = 0.0f;
+  void gemm(const Act* x, const Act* w, OutT* y, std::int64_t rows_padded, std::int64_t k, std::int64_t n, std::int64_t chunk,
+            bool accumulate = false) {
+    static_assert(std::is_same_v<OutT, float> || std::is_same_v<OutT, Act>);
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     constexpr cudaDataType_t out_type = std::is_same_v<OutT, float> ? CUDA_R_32F : cuda_type<Act>();
     for (std::int64_t r = 0; r < rows_padded; r += chunk) {
       QPROB_CUBLAS_TRY(cublasGemmEx(blas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(chunk),
@@ -631,10 +635,12 @@ private:
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
   }
 
-  /// Attention block of layer L on h (rows): leaves o(att) in y (float32, no bias). `report(stage, input, k)`
-  /// sees the inputs of the q|k|v and o projections; true from it means stop here (returns true).
+  /// Attention block of layer L on h (rows): leaves o(att) in y (float32, no bias), or adds it to y when
+  /// `accumulate` (y is then the residual stream). `report(stage, input, k)` sees the inputs of the q|k|v and o
+  /// projections; true from it means stop here (returns true).
   template <class Report>
-  bool attention_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report) {
+  bool attention_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report,
+                       bool accumulate = false) {
     const auto H = cfg_.hidden_size, QD = cfg_.num_heads * cfg_.head_dim;
     if (report(layer_stage::qkv_input, h_.buf.data(), H)) {
       return true;
@@ -647,7 +653,7 @@ private:
     if (report(layer_stage::o_input, att, QD)) {
       return true;
     }
-    gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows);
+    gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows, accumulate);
     return false;
   }
 
@@ -683,9 +689,11 @@ private:
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
   }
 
-  /// MLP block of layer L on h: leaves down(act(...)) in y (float32, no down bias); stops like attention_block.
+  /// MLP block of layer L on h: leaves down(act(...)) in y (float32, no down bias) or adds it to y; stops like
+  /// attention_block.
   template <class Report>
-  bool mlp_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report) {
+  bool mlp_block(const layer& L, std::int64_t rows, std::int64_t rows_padded, float* y, Report&& report,
+                 bool accumulate = false) {
     const auto H = cfg_.hidden_size, I = cfg_.intermediate_size;
     Act* u = up_.get(rows_padded * L.up.out, stream_);
     Act* a = act_.get(rows_padded * I, stream_);
@@ -699,7 +707,7 @@ private:
     if (report(layer_stage::down_input, a, I)) {
       return true;
     }
-    gemm(a, L.down.w.data(), y, rows_padded, I, H, options_.gemm_rows);
+    gemm(a, L.down.w.data(), y, rows_padded, I, H, options_.gemm_rows, accumulate);
     return false;
   }
 
@@ -761,8 +769,10 @@ private:
       return st == stop;
     };
     if (c.pre_norm) {
+      // x += o(att) and x += down(...) in the GEMMs' epilogue where no bias or post-norm residual intervenes.
+      const bool fuse_o = !c.parallel_attn_mlp && L.o.bias() == nullptr && !c.residual_post_norm;
       launch_norm(L.attn_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
-      if (attention_block(L, rows, padded, y1, report)) {
+      if (attention_block(L, rows, padded, fuse_o ? x : y1, report, fuse_o)) {
         return;
       }
       if (c.parallel_attn_mlp) {
@@ -773,12 +783,17 @@ private:
         residual(rows, y1, L.o.bias(), y2, L.down.bias(), nullptr);
         return;
       }
-      residual(rows, y1, L.o.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+      if (!fuse_o) {
+        residual(rows, y1, L.o.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+      }
       launch_norm(L.mlp_norm, norm_code(), x, nullptr, rows, H, h, nullptr);
-      if (mlp_block(L, rows, padded, y1, report)) {
+      const bool fuse_down = L.down.bias() == nullptr && !c.residual_post_norm;
+      if (mlp_block(L, rows, padded, fuse_down ? x : y1, report, fuse_down)) {
         return;
       }
-      residual(rows, y1, L.down.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+      if (!fuse_down) {
+        residual(rows, y1, L.down.bias(), nullptr, nullptr, c.residual_post_norm ? h : nullptr);
+      }
     } else {  // OPT-350m post-norm: x = norm1(x + attn(x)); x = norm2(x + mlp(x))
       launch_norm(norm{}, kernels::norm_code::identity, x, nullptr, rows, H, h, nullptr);
       if (attention_block(L, rows, padded, y1, report)) {
