@@ -151,9 +151,9 @@ struct task_requests {
     for (const auto& q : d.requests()) {
       try {
         out.loglikelihood.push_back(model::encode_request(tok, q.context, q.continuation, opt.encode));
-        const auto n = static_cast<std::int64_t>(out.loglikelihood.back().continuation.size());
-        if (opt.max_length && n > *opt.max_length) {
-          throw invalid_argument("the continuation has " + std::to_string(n) + " tokens, more than max_length=" +
+        const auto cont_tokens = static_cast<std::int64_t>(out.loglikelihood.back().continuation.size());
+        if (opt.max_length && cont_tokens > *opt.max_length) {
+          throw invalid_argument("the continuation has " + std::to_string(cont_tokens) + " tokens, more than max_length=" +
                                  std::to_string(*opt.max_length) +
                                  " (lm-eval refuses it too); raise --max-length (lm-eval: --model_args max_length=N)");
         }
