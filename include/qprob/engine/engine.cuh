@@ -1083,15 +1083,17 @@ private:
     // passes, when it fits beside a 2 GiB margin for the solver; otherwise those passes recompute it.
     std::vector<device_buffer<Act>> att_cache;
     if (gptq) {
+      std::vector<std::int64_t> elems;  // per batch: padded rows x q heads x head_dim
       std::int64_t need = 0;
       for (const auto& b : plans) {
-        need += round_up(b.rows(), options_.gemm_rows) * cfg_.num_heads * cfg_.head_dim * static_cast<std::int64_t>(sizeof(Act));
+        elems.push_back(round_up(b.rows(), options_.gemm_rows) * cfg_.num_heads * cfg_.head_dim);
+        need += elems.back() * static_cast<std::int64_t>(sizeof(Act));
       }
       std::size_t free_bytes = 0, total_bytes = 0;
       QPROB_CUDA_TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
       if (need + (std::int64_t{2} << 30) < static_cast<std::int64_t>(free_bytes)) {
-        for (const auto& b : plans) {
-          att_cache.emplace_back(round_up(b.rows(), options_.gemm_rows) * cfg_.num_heads * cfg_.head_dim, stream_);
+        for (const auto e : elems) {
+          att_cache.emplace_back(e, stream_);
         }
         stats_.quantize_cache_bytes = need;
       }
