@@ -19,6 +19,7 @@
 #include <qprob/core/numeric.hpp>
 #include <qprob/engine/attention_mma.cuh>
 #include <qprob/engine/plan.hpp>
+#include <qprob/reference/forward.hpp>
 
 #include <doctest/doctest.h>
 
@@ -83,20 +84,12 @@ std::vector<Act> make_qkv(const qprob::engine::batch_plan& b, const shape& s) {
   return v;
 }
 
-std::vector<double> alibi_slopes(int heads) {
-  std::vector<double> out;
-  for (int h = 0; h < heads; ++h) {
-    out.push_back(std::pow(2.0, -8.0 * (h + 1) / heads));
-  }
-  return out;
-}
-
 /// Double-precision attention of every tile's queries: (rows, q_heads * D).
 template <class Act>
 std::vector<double> host_attention(const qprob::engine::batch_plan& b, const std::vector<Act>& qkv, const shape& s) {
   const int D = s.head_dim;
   const std::int64_t W = static_cast<std::int64_t>(s.q_heads + 2 * s.kv_heads) * D, QD = static_cast<std::int64_t>(s.q_heads) * D;
-  const auto slopes = alibi_slopes(s.q_heads);
+  const auto slopes = qprob::reference::alibi_slopes(s.q_heads);  // the engine's slopes (BLOOM's formula)
   std::vector<double> out(static_cast<std::size_t>(b.rows() * QD), 0.0);
   const auto at = [&](std::int64_t row, std::int64_t col) { return qprob::to_double(qkv[static_cast<std::size_t>(row * W + col)]); };
   for (const auto& t : b.tiles) {
@@ -154,15 +147,13 @@ std::vector<Act> run_kernel(const qprob::engine::batch_plan& b, const std::vecto
   const std::int64_t W = static_cast<std::int64_t>(s.q_heads + 2 * s.kv_heads) * s.head_dim;
   const std::int64_t QD = static_cast<std::int64_t>(s.q_heads) * s.head_dim;
   qprob::device_buffer<Act> dqkv(std::span<const Act>(qkv), st);
-  std::vector<Act> poison(static_cast<std::size_t>(b.rows() * QD), Act{0x7e00});  // NaN in fp16 and bf16 alike
-  if constexpr (std::is_same_v<Act, qprob::bfloat16_t>) {
-    std::fill(poison.begin(), poison.end(), Act{0x7fc0});
-  }
+  const Act nan = std::is_same_v<Act, qprob::half_t> ? Act{0x7e00} : Act{0x7fc0};  // quiet NaN of each format
+  const std::vector<Act> poison(static_cast<std::size_t>(b.rows() * QD), nan);
   qprob::device_buffer<Act> dout(std::span<const Act>(poison), st);
   qprob::device_buffer<qprob::engine::attention_tile> dtiles(std::span<const qprob::engine::attention_tile>(b.tiles), st);
   qprob::device_buffer<std::int32_t> dpos(std::span<const std::int32_t>(b.positions), st);
   std::vector<float> slopes_f;
-  for (double x : alibi_slopes(s.q_heads)) {
+  for (double x : qprob::reference::alibi_slopes(s.q_heads)) {
     slopes_f.push_back(static_cast<float>(x));
   }
   qprob::device_buffer<float> dslopes(std::span<const float>(slopes_f), st);
@@ -229,9 +220,12 @@ void check_against_host(const qprob::engine::batch_plan& b, const shape& s, cons
       }
       worst = std::isnan(e) ? INFINITY : std::max(worst, e);
     }
-    MESSAGE(what, (tc ? " tensor cores" : " CUDA cores"), " D=", s.head_dim, " heads ", s.q_heads, "/", s.kv_heads,
-            s.alibi ? " alibi" : "", s.window > 0 ? " window" : "", ": max |out - ref| ", worst, " (bound ", bound,
-            ", max |ref| ", max_ref, ")");
+    // One std::string: doctest prints a bare const char* as a pointer.
+    const std::string label = std::string(what) + (tc ? " tensor cores" : " CUDA cores") +
+                              (std::is_same_v<Act, qprob::half_t> ? " fp16" : " bf16") + " D=" + std::to_string(s.head_dim) +
+                              " heads " + std::to_string(s.q_heads) + "/" + std::to_string(s.kv_heads) +
+                              (s.alibi ? " alibi" : "") + (s.window > 0 ? " window" : "");
+    MESSAGE(label, ": max |out - ref| ", worst, " (bound ", bound, ", max |ref| ", max_ref, ")");
     CHECK(bad == 0);
     CHECK(max_ref > 0.1);  // outputs are not all near zero
   }
