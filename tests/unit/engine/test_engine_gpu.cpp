@@ -175,7 +175,7 @@ TEST_CASE("engine logits match the reference on tiny models of every family (fp1
   INFO("seed ", qprob::test::run_seed());
   qprob::test::temp_dir tmp("engine_families");
   for (const auto t : {activation_type::f16, activation_type::bf16, activation_type::f32}) {
-    const char* tname = t == activation_type::f16 ? "f16" : t == activation_type::bf16 ? "bf16" : "f32";
+    const std::string tname = t == activation_type::f16 ? "f16" : t == activation_type::bf16 ? "bf16" : "f32";
     for (const std::string family : {"llama", "mistral", "qwen2", "opt", "opt350", "bloom", "phi", "phi_noqk", "llama_d64",
                                      "bloom_d32", "mistral_d80", "qwen2_d128"}) {
       const auto dir = tmp.path() / (family + "_" + tname);
