@@ -17,9 +17,10 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdint>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace qprob::engine::kernels {
 
@@ -115,10 +116,36 @@ __global__ void __launch_bounds__(kRowThreads) add_positions_kernel(const Act* _
 
 enum class norm_code : int { rms, layer, identity };
 
+inline constexpr int kNormVecChunks = 8;  ///< float4 chunks per thread kept in registers: rows up to 8192 wide
+
+/// Stores four floats rounded to T as one vector (8 bytes for 16-bit T, 16 for float); p is aligned to it.
+template <class T>
+QPROB_DEVICE QPROB_FORCEINLINE void store4(T* p, float4 v) {
+  using vec_t = std::conditional_t<sizeof(T) == 2, uint2, uint4>;
+  static_assert(sizeof(T) * 4 == sizeof(vec_t));
+  alignas(sizeof(vec_t)) T o[4] = {qprob::detail::from_float_device<T>(v.x), qprob::detail::from_float_device<T>(v.y),
+                                   qprob::detail::from_float_device<T>(v.z), qprob::detail::from_float_device<T>(v.w)};
+  *reinterpret_cast<vec_t*>(p) = *reinterpret_cast<const vec_t*>(o);
+}
+
+QPROB_DEVICE QPROB_FORCEINLINE bool aligned_to(const void* p, std::size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+/// y = normalised x: LayerNorm (x - mean) * inv * w + b, RMSNorm w * (x * inv), identity x.
+QPROB_DEVICE QPROB_FORCEINLINE float norm_one(norm_code code, float x, float mean, float inv, float w, float b) {
+  return code == norm_code::layer ? (x - mean) * inv * w + b : code == norm_code::rms ? w * (x * inv) : x;
+}
+
 /// Normalises row r of x (float32, width n) with weight w / bias b (float32; b may be null) and writes the
 /// result rounded to Act into out_act (row stride n) and, when out_f32 is set, in float32 into out_f32 (may be
 /// x itself). rows_map, when set, reads row rows_map[r] of x instead of r (gathering the rows the LM head
 /// needs). identity only converts.
+///
+/// Rows whose width is a multiple of 4 (up to 4 * kRowThreads * kNormVecChunks) with aligned pointers are read
+/// once with 16-byte loads into registers (thread t holds float4 chunks t, t + kRowThreads, ...) and written
+/// with 8/16-byte stores; other rows take the element loop. Either way a row's result depends only on the row
+/// (fixed per-thread order, cub's fixed block tree): batch invariance holds.
 template <class Act>
 __global__ void __launch_bounds__(kRowThreads) norm_kernel(const float* __restrict__ x, const std::int32_t* __restrict__ rows_map,
                                                            std::int64_t n, norm_code code, const float* __restrict__ w,
@@ -130,48 +157,92 @@ __global__ void __launch_bounds__(kRowThreads) norm_kernel(const float* __restri
   const std::int64_t r   = blockIdx.x;
   const std::int64_t src = rows_map == nullptr ? r : rows_map[r];
   const float* row       = x + src * n;
+  const auto fn         = static_cast<float>(n);
+  // The block-wide sum of v, broadcast to every thread (slot: which shared_stat entry).
+  const auto block_sum = [&](float v, int slot) {
+    v = reduce(tmp).Sum(v);
+    if (threadIdx.x == 0) {
+      shared_stat[slot] = v;
+    }
+    __syncthreads();
+    return shared_stat[slot];
+  };
+  const bool vectorised = n % 4 == 0 && n <= 4LL * kRowThreads * kNormVecChunks && aligned_to(x, 16) &&
+                          aligned_to(out_act, 4 * sizeof(Act)) && (out_f32 == nullptr || aligned_to(out_f32, 16)) &&
+                          (w == nullptr || aligned_to(w, 16)) && (b == nullptr || aligned_to(b, 16));
+  if (vectorised) {
+    const int n4 = static_cast<int>(n / 4);
+    float4 v[kNormVecChunks];
+    QPROB_UNROLL
+    for (int c = 0; c < kNormVecChunks; ++c) {
+      const int i = static_cast<int>(threadIdx.x) + c * kRowThreads;
+      v[c]        = i < n4 ? reinterpret_cast<const float4*>(row)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    float mean = 0.0f, inv = 1.0f;
+    if (code == norm_code::layer) {
+      float s = 0.0f;
+      QPROB_UNROLL
+      for (int c = 0; c < kNormVecChunks; ++c) {
+        s += (v[c].x + v[c].y) + (v[c].z + v[c].w);  // padding chunks are zero
+      }
+      mean    = block_sum(s, 0) / fn;
+      float q = 0.0f;
+      QPROB_UNROLL
+      for (int c = 0; c < kNormVecChunks; ++c) {
+        if (static_cast<int>(threadIdx.x) + c * kRowThreads < n4) {
+          const float4 d = make_float4(v[c].x - mean, v[c].y - mean, v[c].z - mean, v[c].w - mean);
+          q += (d.x * d.x + d.y * d.y) + (d.z * d.z + d.w * d.w);
+        }
+      }
+      inv = rsqrtf(block_sum(q, 1) / fn + eps);
+    } else if (code == norm_code::rms) {
+      float q = 0.0f;
+      QPROB_UNROLL
+      for (int c = 0; c < kNormVecChunks; ++c) {
+        q += (v[c].x * v[c].x + v[c].y * v[c].y) + (v[c].z * v[c].z + v[c].w * v[c].w);
+      }
+      inv = rsqrtf(block_sum(q, 1) / fn + eps);
+    }
+    QPROB_UNROLL
+    for (int c = 0; c < kNormVecChunks; ++c) {
+      const int i = static_cast<int>(threadIdx.x) + c * kRowThreads;
+      if (i >= n4) {
+        break;
+      }
+      const float4 wv = w == nullptr ? make_float4(1.0f, 1.0f, 1.0f, 1.0f) : reinterpret_cast<const float4*>(w)[i];
+      const float4 bv = b == nullptr ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : reinterpret_cast<const float4*>(b)[i];
+      const float4 y  = make_float4(norm_one(code, v[c].x, mean, inv, wv.x, bv.x), norm_one(code, v[c].y, mean, inv, wv.y, bv.y),
+                                    norm_one(code, v[c].z, mean, inv, wv.z, bv.z), norm_one(code, v[c].w, mean, inv, wv.w, bv.w));
+      store4(out_act + r * n + 4 * i, y);
+      if (out_f32 != nullptr) {
+        reinterpret_cast<float4*>(out_f32 + r * n)[i] = y;
+      }
+    }
+    return;
+  }
   float mean = 0.0f, inv = 1.0f;
   if (code == norm_code::layer) {
     float s = 0.0f;
     for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       s += row[i];
     }
-    s = reduce(tmp).Sum(s);
-    if (threadIdx.x == 0) {
-      shared_stat[0] = s / static_cast<float>(n);
-    }
-    __syncthreads();
-    mean     = shared_stat[0];
-    float v  = 0.0f;
+    mean    = block_sum(s, 0) / fn;
+    float q = 0.0f;
     for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       const float d = row[i] - mean;
-      v += d * d;
+      q += d * d;
     }
-    v = reduce(tmp).Sum(v);
-    if (threadIdx.x == 0) {
-      shared_stat[1] = rsqrtf(v / static_cast<float>(n) + eps);
-    }
-    __syncthreads();
-    inv = shared_stat[1];
+    inv = rsqrtf(block_sum(q, 1) / fn + eps);
   } else if (code == norm_code::rms) {
-    float v = 0.0f;
+    float q = 0.0f;
     for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      v += row[i] * row[i];
+      q += row[i] * row[i];
     }
-    v = reduce(tmp).Sum(v);
-    if (threadIdx.x == 0) {
-      shared_stat[1] = rsqrtf(v / static_cast<float>(n) + eps);
-    }
-    __syncthreads();
-    inv = shared_stat[1];
+    inv = rsqrtf(block_sum(q, 1) / fn + eps);
   }
+  // out_f32 may be x itself: each thread writes only the elements it reads.
   for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    float y = row[i];
-    if (code == norm_code::layer) {
-      y = (y - mean) * inv * w[i] + (b == nullptr ? 0.0f : b[i]);
-    } else if (code == norm_code::rms) {
-      y = w[i] * (y * inv);
-    }
+    const float y = norm_one(code, row[i], mean, inv, w == nullptr ? 1.0f : w[i], b == nullptr ? 0.0f : b[i]);
     out_act[r * n + i] = qprob::detail::from_float_device<Act>(y);
     if (out_f32 != nullptr) {
       out_f32[r * n + i] = y;
@@ -255,17 +326,46 @@ __global__ void __launch_bounds__(kRowThreads) qkv_kernel(Act* __restrict__ qkv,
   if (inv_freq == nullptr) {
     return;
   }
-  const float pos   = static_cast<float>(positions[r]);
-  const int heads   = q_heads + kv_heads;  // q heads, then k heads (v is not rotated)
-  const int pairs   = heads * half_rotary;
-  for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
-    const int h = idx / half_rotary, i = idx % half_rotary;
-    Act* head   = row + static_cast<std::int64_t>(h) * head_dim;  // k heads follow the q heads directly
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    const float x1 = load_f(head + i), x2 = load_f(head + i + half_rotary);
-    head[i]               = qprob::detail::from_float_device<Act>(x1 * c - x2 * s);
-    head[i + half_rotary] = qprob::detail::from_float_device<Act>(x2 * c + x1 * s);
+  const float pos = static_cast<float>(positions[r]);
+  const int heads = q_heads + kv_heads;  // q heads, then k heads (v is not rotated); k heads follow q directly
+  // Rotates pairs (i, i + half_rotary) of head h, V consecutive i at a time. The angle depends only on i, so a
+  // thread keeps the sin/cos of its last i: with a block size that is a multiple of half_rotary / V (the
+  // common case) each thread evaluates them once per row instead of once per head.
+  const auto rotate = [&](auto vec_tag) {
+    constexpr int V = decltype(vec_tag)::value;
+    using vec_t     = std::conditional_t<V == 1, Act, std::conditional_t<sizeof(Act) == 2, unsigned, uint2>>;
+    const int per_head = half_rotary / V;
+    int last           = -1;
+    float sn[V], cs[V];
+    for (int idx = threadIdx.x; idx < heads * per_head; idx += blockDim.x) {
+      const int h = idx / per_head, i0 = (idx % per_head) * V;
+      if (i0 != last) {
+        QPROB_UNROLL
+        for (int j = 0; j < V; ++j) {
+          sincosf(pos * inv_freq[i0 + j], &sn[j], &cs[j]);
+        }
+        last = i0;
+      }
+      Act* head = row + static_cast<std::int64_t>(h) * head_dim;
+      alignas(sizeof(vec_t)) Act a[V], c[V];
+      *reinterpret_cast<vec_t*>(a) = *reinterpret_cast<const vec_t*>(head + i0);
+      *reinterpret_cast<vec_t*>(c) = *reinterpret_cast<const vec_t*>(head + i0 + half_rotary);
+      QPROB_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float x1 = load_f(a + j), x2 = load_f(c + j);
+        a[j]           = qprob::detail::from_float_device<Act>(x1 * cs[j] - x2 * sn[j]);
+        c[j]           = qprob::detail::from_float_device<Act>(x2 * cs[j] + x1 * sn[j]);
+      }
+      *reinterpret_cast<vec_t*>(head + i0)               = *reinterpret_cast<const vec_t*>(a);
+      *reinterpret_cast<vec_t*>(head + i0 + half_rotary) = *reinterpret_cast<const vec_t*>(c);
+    }
+  };
+  // Pairs of elements need 2-element alignment of the row, the heads and the rotated halves.
+  const bool pairs = half_rotary % 2 == 0 && head_dim % 2 == 0 && width % 2 == 0 && aligned_to(qkv, 2 * sizeof(Act));
+  if (pairs) {
+    rotate(std::integral_constant<int, 2>{});
+  } else {
+    rotate(std::integral_constant<int, 1>{});
   }
 }
 
