@@ -104,8 +104,15 @@ struct sample_eval {
   bool correct_norm = false;  ///< lm-eval acc_norm: argmax of per-character log-likelihoods (false w/o char_len)
 };
 
+/// Choices whose exp(s_j - max) evaluate_sample keeps from its sum for the probabilities (more are recomputed,
+/// with the same expression and so the same value).
+inline constexpr int kept_exponentials = 8;
+
 /// Softmax of sample [begin, end) under `mode` and everything derived from it. Probabilities are
-/// exp(s_j - max) / sum: the max choice gets exactly 1 / sum.
+/// exp(s_j - max) / sum (softmax_of's max and sum, same expressions, same summation order, so the same bits as
+/// choice_probabilities): the max choice gets exactly 1 / sum.
+/// ln p_j is taken as (s_j - max) - ln(sum), the logarithm of the unrounded ratio, for the entropy (one log per
+/// sample instead of one per choice; it differs from ln of the rounded p_j by about one ulp of ln p_j).
 [[nodiscard]] QPROB_HOST_DEVICE inline sample_eval evaluate_sample(const double* loglik,
                                                                    const std::int32_t* char_len,
                                                                    const std::int32_t* token_len,
@@ -138,23 +145,29 @@ struct sample_eval {
       }
     }
   }
+  double kept[kept_exponentials];
   double sum = 0;
   for (std::int64_t j = begin; j < end; ++j) {
-    sum += std::exp(choice_score(loglik[j], char_len, token_len, j, mode) - max_score);
+    const double e = std::exp(choice_score(loglik[j], char_len, token_len, j, mode) - max_score);
+    if (j - begin < kept_exponentials) {
+      kept[j - begin] = e;
+    }
+    sum += e;
   }
   const double log_sum = std::log(sum);
   for (std::int64_t j = begin; j < end; ++j) {
-    const int k    = static_cast<int>(j - begin);
-    const double s = choice_score(loglik[j], char_len, token_len, j, mode);
-    const double p = std::exp(s - max_score) / sum;
+    const int k      = static_cast<int>(j - begin);
+    const double d   = choice_score(loglik[j], char_len, token_len, j, mode) - max_score;
+    const double e   = k < kept_exponentials ? kept[k] : std::exp(d);
+    const double p   = e / sum;
     if (p > 0) {
-      r.entropy -= p * std::log(p);
+      r.entropy -= p * (d - log_sum);
     }
     const double target = k == gold ? 1.0 : 0.0;
     r.brier += (p - target) * (p - target);
     if (k == gold) {
       r.p_true = p;
-      r.nll    = log_sum - (s - max_score);
+      r.nll    = log_sum - d;
     }
   }
   r.conf         = 1.0 / sum;
