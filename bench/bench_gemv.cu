@@ -14,7 +14,11 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
+#include <map>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -23,12 +27,18 @@ namespace {
 
 namespace p = qprob::policies;
 
-std::vector<qprob::half_t> random_half(std::int64_t count, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> g(0.0f, 0.02f);
-  std::vector<qprob::half_t> v(static_cast<std::size_t>(count));
-  for (auto& x : v) {
-    x = qprob::to_half(g(rng));
+/// count normal(0, 0.02) halves for `seed`; cached, since every benchmark of a shape asks for the same weights
+/// (generating 45M values on the host takes longer than the benchmark itself).
+const std::vector<qprob::half_t>& random_half(std::int64_t count, std::uint64_t seed) {
+  static std::map<std::pair<std::int64_t, std::uint64_t>, std::vector<qprob::half_t>> cache;
+  auto& v = cache[{count, seed}];
+  if (v.empty()) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> g(0.0f, 0.02f);
+    v.resize(static_cast<std::size_t>(count));
+    for (auto& x : v) {
+      x = qprob::to_half(g(rng));
+    }
   }
   return v;
 }
@@ -37,7 +47,7 @@ void BM_cublas_fp16(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   qprob::stream s;
   qprob::cublas_handle blas(s.get());
-  const auto hw = random_half(n * k, 1), hx = random_half(m * k, 2);
+  const auto &hw = random_half(n * k, 1), &hx = random_half(m * k, 2);
   qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
   qprob::device_buffer<qprob::half_t> y(m * n, s);
   const float alpha = 1.0f, beta = 0.0f;
@@ -57,7 +67,7 @@ template <class P>
 void BM_int_gemv(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   qprob::stream s;
-  const auto hw = random_half(n * k, 1), hx = random_half(m * k, 2);
+  const auto &hw = random_half(n * k, 1), &hx = random_half(m * k, 2);
   qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
   qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
   qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
@@ -77,7 +87,62 @@ void BM_int_gemv(benchmark::State& state) {
       benchmark::Counter(bytes / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The tensor-core kernel with explicit launch shape (warps per block, word rows per lane and stage, the
+/// occupancy its registers are fitted to), to choose int_gemv's defaults from measurements: rows <= 8 use
+/// XGroups 1, rows <= 16 XGroups 2.
+template <int XGroups, int Warps, int Unroll, int MinBlocks>
+void BM_int4_gemv_variant(benchmark::State& state) {
+  using P    = p::int4_g128;
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  if (m > 8 * XGroups) {
+    state.SkipWithError("rows above the variant's XGroups");
+    return;
+  }
+  qprob::stream s;
+  const auto &hw = random_half(n * k, 1), &hx = random_half(m * k, 2);
+  qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
+  qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
+  qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
+  qprob::device_buffer<std::uint8_t> z(P::groups(k) * n, s);
+  qprob::quant::rtn_quantize<P>(std::as_const(w).view(n, k), q.view(P::packed_words(k), n), sc.view(P::groups(k), n),
+                                z.view(P::groups(k), n), s);
+  qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s);
+  qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(m, k, n), s);
+  const auto tiles = static_cast<unsigned>((n + qprob::quant::gemv_detail::kMmaCols - 1) / qprob::quant::gemv_detail::kMmaCols);
+  const auto run   = [&] {
+    qprob::quant::gemv_detail::gemv_mma_kernel<P, XGroups, Warps, Unroll, MinBlocks><<<tiles, Warps * 32, 0, s.get()>>>(
+        x.data(), k, static_cast<int>(m), q.data(), sc.data(), z.data(), static_cast<int>(k), static_cast<int>(n), y.data(), n);
+  };
+  // Same bits as int_gemv's default launch (the fixed-order sums differ only in how K is split over warps, so
+  // compare to the float32-accumulation tolerance instead): a wrong variant is reported, not timed.
+  run();
+  qprob::quant::int_gemv<P>(std::as_const(x).view(m, k), std::as_const(q).view(P::packed_words(k), n),
+                            std::as_const(sc).view(P::groups(k), n), std::as_const(z).view(P::groups(k), n), nullptr,
+                            y_ref.view(m, n), ws.data(), s);
+  const auto a = y.to_host(), b = y_ref.to_host();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const float u = qprob::to_float(a[i]), v = qprob::to_float(b[i]);
+    if (!(std::fabs(u - v) <= 2e-3f * std::max(1.0f, std::fabs(v)))) {
+      state.SkipWithError("variant disagrees with int_gemv");
+      return;
+    }
+  }
+  qprob::bench::time_iterations(state, s, run);
+  const double bytes = static_cast<double>(q.bytes() + sc.bytes() + z.bytes() + m * k * 2 + m * n * 2);
+  state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["frac_of_copy"] =
+      benchmark::Counter(bytes / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
+
+#define QPROB_GEMV_VARIANT_SHAPES(B) \
+  B->Args({1, 11008, 4096})->Args({1, 4096, 11008})->Args({8, 11008, 4096})->Args({16, 11008, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 4, 1));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 4, 3));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 16, 2, 2));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 1));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 3));
 
 #define QPROB_GEMV_SHAPES(B)                                                                                      \
   B->Args({1, 11008, 4096})->Args({4, 11008, 4096})->Args({8, 11008, 4096})->Args({16, 11008, 4096})            \
