@@ -69,6 +69,7 @@ struct options {
   std::optional<std::size_t> batch_size;  // default: 1 on cpu, 4096 on cuda
   std::optional<std::int64_t> max_length;  // default: the model's (max_position_embeddings, else 2048)
   std::string device     = "cpu";
+  std::string dtype      = "auto";  // cuda: the engine's weights and activations
   std::filesystem::path write_requests;
   bool no_progress       = false;
   bool skip_missing      = false;
@@ -172,6 +173,11 @@ int run(const std::string& task, const options& opt) {
 #if defined(QPROB_EVAL_WITH_ENGINE)
     qprob::engine::engine_options eopt;
     eopt.max_length = opt.max_length;
+    if (opt.dtype != "auto") {
+      eopt.dtype = opt.dtype == "f32" ? qprob::engine::activation_type::f32
+                   : opt.dtype == "bf16" ? qprob::engine::activation_type::bf16
+                                         : qprob::engine::activation_type::f16;
+    }
     auto g     = std::make_unique<qprob::eval::gpu_scorer>(qprob::engine::engine::from_directory(opt.model_dir, eopt));
     max_length = static_cast<long long>(*g->max_length());
     scorer     = std::move(g);
@@ -254,11 +260,20 @@ int qprob_examples::eval_main(const char* task, int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--device", opt.device, "cpu (host reference, tiny models) or cuda (the GPU engine)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", opt.dtype,
+                 "--device cuda: weights and activations of the GPU engine (auto: bf16 for a bf16 checkpoint, else "
+                 "f16; f32 for comparisons at float32 precision)")
+      ->check(CLI::IsMember({"auto", "f16", "bf16", "f32"}));
   app.add_option("--write-requests", opt.write_requests,
                  "write the requests as token ids to this JSON file and exit (no model weights needed)");
   app.add_flag("--no-progress", opt.no_progress, "no progress bar (it is also off when stderr is not a terminal)");
   app.add_flag("--skip-missing", opt.skip_missing, "exit 77 (skipped) instead of failing when --model or --data is absent");
   CLI11_PARSE(app, argc, argv);
+  if (opt.dtype != "auto" && opt.device != "cuda") {
+    std::fprintf(stderr, "error: --dtype %s needs --device cuda (the cpu scorer computes in double precision)\n",
+                 opt.dtype.c_str());
+    return exit_usage;
+  }
   try {
     return run(task, opt);
   } catch (const std::exception& e) {
