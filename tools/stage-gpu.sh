@@ -27,9 +27,15 @@ done
 if [ "$want_tokenizers" = 1 ]; then
   copy "$shared/tokenizers" .shared/tokenizers
 elif [ "$want_debs" = 1 ]; then
-  # The Llama-2 tokenizer alone (2 MB) for tools/gpu-compare-7b.sh's random 7B-shaped model.
-  mkdir -p .shared/tokenizers/llama2-32k-legacy
-  cp "$shared/tokenizers/llama2-32k-legacy/tokenizer.json" .shared/tokenizers/llama2-32k-legacy/
+  # The Llama-2 tokenizer (2 MB) for tools/gpu-compare-7b.sh's random 7B-shaped model; GPT-2's files (5 MB) and
+  # stories260K's tokenizer.json (0.6 MB) for tools/gpu-task-agreement.sh; with their reference encodings
+  # (0.4-0.6 MB each), so that the tokenizer tests on these folders run there too.
+  for t in llama2-32k-legacy gpt2 stories260K-legacy; do
+    mkdir -p ".shared/tokenizers/$t"
+    for f in tokenizer.json vocab.json merges.txt reference_encodings.jsonl; do
+      [ -f "$shared/tokenizers/$t/$f" ] && cp "$shared/tokenizers/$t/$f" ".shared/tokenizers/$t/"
+    done
+  done
 fi
 # --debs: the tokenizer's development packages (PCRE2, ICU, SentencePiece), unpacked here (dpkg -x, no install),
 # pruned of static libraries, programs and docs, and packed as .debs/tokenizer-root.tar.xz (~11 MB), which
