@@ -4,9 +4,15 @@
 
 #include <qprob/core/config.hpp>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace qprob {
+
+/// Whether p is a multiple of `bytes` (the alignment a vector load or store of that many bytes needs).
+QPROB_HOST_DEVICE inline bool is_aligned(const void* p, std::size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
 
 /// ceil(a / b) for non-negative a and positive b.
 template <class T>

@@ -9,6 +9,7 @@
 //   * `ld` arguments are row strides in elements.
 // Each kernel has a double-precision counterpart in reference/forward.hpp, which the GPU tests compare with.
 #include <qprob/core/config.hpp>
+#include <qprob/core/math.hpp>
 #include <qprob/core/numeric.cuh>
 #include <qprob/engine/plan.hpp>
 #include <qprob/model/config.hpp>
@@ -128,10 +129,6 @@ QPROB_DEVICE QPROB_FORCEINLINE void store4(T* p, float4 v) {
   *reinterpret_cast<vec_t*>(p) = *reinterpret_cast<const vec_t*>(o);
 }
 
-QPROB_DEVICE QPROB_FORCEINLINE bool aligned_to(const void* p, std::size_t bytes) {
-  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
-}
-
 /// y = normalised x: LayerNorm (x - mean) * inv * w + b, RMSNorm w * (x * inv), identity x.
 QPROB_DEVICE QPROB_FORCEINLINE float norm_one(norm_code code, float x, float mean, float inv, float w, float b) {
   return code == norm_code::layer ? (x - mean) * inv * w + b : code == norm_code::rms ? w * (x * inv) : x;
@@ -167,9 +164,9 @@ __global__ void __launch_bounds__(kRowThreads) norm_kernel(const float* __restri
     __syncthreads();
     return shared_stat[slot];
   };
-  const bool vectorised = n % 4 == 0 && n <= 4LL * kRowThreads * kNormVecChunks && aligned_to(x, 16) &&
-                          aligned_to(out_act, 4 * sizeof(Act)) && (out_f32 == nullptr || aligned_to(out_f32, 16)) &&
-                          (w == nullptr || aligned_to(w, 16)) && (b == nullptr || aligned_to(b, 16));
+  const bool vectorised = n % 4 == 0 && n <= 4LL * kRowThreads * kNormVecChunks && is_aligned(x, 16) &&
+                          is_aligned(out_act, 4 * sizeof(Act)) && (out_f32 == nullptr || is_aligned(out_f32, 16)) &&
+                          (w == nullptr || is_aligned(w, 16)) && (b == nullptr || is_aligned(b, 16));
   if (vectorised) {
     const int n4 = static_cast<int>(n / 4);
     float4 v[kNormVecChunks];
@@ -361,7 +358,7 @@ __global__ void __launch_bounds__(kRowThreads) qkv_kernel(Act* __restrict__ qkv,
     }
   };
   // Pairs of elements need 2-element alignment of the row, the heads and the rotated halves.
-  const bool pairs = half_rotary % 2 == 0 && head_dim % 2 == 0 && width % 2 == 0 && aligned_to(qkv, 2 * sizeof(Act));
+  const bool pairs = half_rotary % 2 == 0 && head_dim % 2 == 0 && width % 2 == 0 && is_aligned(qkv, 2 * sizeof(Act));
   if (pairs) {
     rotate(std::integral_constant<int, 2>{});
   } else {

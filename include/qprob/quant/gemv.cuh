@@ -24,6 +24,7 @@
 #include <qprob/core/device_buffer.hpp>
 #include <qprob/core/error.hpp>
 #include <qprob/core/launch.hpp>
+#include <qprob/core/math.hpp>
 #include <qprob/core/numeric.cuh>
 #include <qprob/core/tensor_view.hpp>
 #include <qprob/policy/precision.hpp>
@@ -345,11 +346,10 @@ int_gemv_path int_gemv_path_for(device_view<const half_t, 2> x, device_view<cons
   } else {
     constexpr std::int64_t V = P::pack_block_values;
     const auto k = x.shape(1), n = qweight.shape(1);
-    const auto aligned = [](const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; };
     // 16-byte loads of x (V halves at a time, 8 for 2 bits) and of 4 columns' words; 8-byte scales, 4-byte zeros.
-    const bool layout = aligned(x.data(), 16) && x.stride(0) % std::min<std::int64_t>(V, 8) == 0 &&
+    const bool layout = is_aligned(x.data(), 16) && x.stride(0) % std::min<std::int64_t>(V, 8) == 0 &&
                         qweight.stride(1) == 1 && scales.stride(1) == 1 && zeros.stride(1) == 1 &&
-                        aligned(qweight.data(), 16) && aligned(scales.data(), 8) && aligned(zeros.data(), 4);
+                        is_aligned(qweight.data(), 16) && is_aligned(scales.data(), 8) && is_aligned(zeros.data(), 4);
     const bool ok = maybe_g_idx == nullptr && n % 4 == 0 && k % V == 0 && P::group_width(k) % V == 0 && layout &&
                     k < (std::int64_t{1} << 30) / V && n < (std::int64_t{1} << 30);
     return ok ? int_gemv_path::tensor_cores : int_gemv_path::generic;

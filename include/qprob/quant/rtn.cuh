@@ -355,8 +355,6 @@ __global__ void __launch_bounds__(Tuning::threads) dequantize_kernel(detail::deq
 
 namespace detail {
 
-inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 /// Columns per min/max span: the group, or the 128-column tile when groups are wider (or per channel).
 template <quantized_policy P>
 constexpr int range_span() {
@@ -437,7 +435,7 @@ void rtn_quantize(device_view<const typename P::compute_type, 2> w,
   QPROB_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
               "rtn_quantize: qweight, scales and zeros must be dense");
   detail::check_grid<P>(n, k);
-  const bool vector = detail::aligned16(w.data()) && w.stride(0) % 8 == 0;
+  const bool vector = is_aligned(w.data(), 16) && w.stride(0) % 8 == 0;
   // Per-span ranges live in a stream-ordered scratch buffer: (spans, n) float pairs, k/span of the weight.
   device_buffer<float2> ranges(detail::range_spans<P>(k) * n, stream);
   const detail::rtn_range_args<typename P::compute_type> range_args{
@@ -465,7 +463,7 @@ void dequantize(device_view<const std::uint32_t, 2> qweight,
   QPROB_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
               "dequantize: qweight, scales and zeros must be dense");
   detail::check_grid<P>(n, k);
-  const bool aligned = detail::aligned16(out.data()) && out.stride(0) % 8 == 0;
+  const bool aligned = is_aligned(out.data(), 16) && out.stride(0) % 8 == 0;
   const detail::dequant_args<typename P::compute_type> args{
       qweight.data(), scales.data(), zeros.data(), maybe_g_idx, out.data(), out.stride(0), n, k, aligned};
   QPROB_CUDA_TRY(detail::launch_dequantize<P>(args, stream));
