@@ -173,11 +173,7 @@ int run(const std::string& task, const options& opt) {
 #if defined(QPROB_EVAL_WITH_ENGINE)
     qprob::engine::engine_options eopt;
     eopt.max_length = opt.max_length;
-    if (opt.dtype != "auto") {
-      eopt.dtype = opt.dtype == "f32" ? qprob::engine::activation_type::f32
-                   : opt.dtype == "bf16" ? qprob::engine::activation_type::bf16
-                                         : qprob::engine::activation_type::f16;
-    }
+    eopt.dtype      = qprob::engine::parse_activation_type(opt.dtype);  // nullopt for "auto"
     auto g     = std::make_unique<qprob::eval::gpu_scorer>(qprob::engine::engine::from_directory(opt.model_dir, eopt));
     max_length = static_cast<long long>(*g->max_length());
     scorer     = std::move(g);

@@ -87,15 +87,13 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (model.empty() || out.empty() || (dtype != "f16" && dtype != "bf16" && dtype != "f32") || (mode == "logits" && tokens.empty()) ||
+  if (model.empty() || out.empty() || !qprob::engine::parse_activation_type(dtype) || (mode == "logits" && tokens.empty()) ||
       (mode == "score" && requests.empty()) || (mode != "logits" && mode != "score")) {
     return usage();
   }
   try {
     qprob::engine::engine_options o;
-    o.dtype  = dtype == "f16"    ? qprob::engine::activation_type::f16
-               : dtype == "bf16" ? qprob::engine::activation_type::bf16
-                                 : qprob::engine::activation_type::f32;
+    o.dtype  = qprob::engine::parse_activation_type(dtype);
     auto eng = qprob::engine::engine::from_directory(model, o);
     if (mode == "logits") {
       const auto j = read_json(tokens);

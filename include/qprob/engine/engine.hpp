@@ -22,6 +22,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace qprob::engine {
@@ -30,6 +31,20 @@ namespace qprob::engine {
 /// (e.g. parity with a float32 reference, or a full model that is not itself rounded to 16 bits); quantization
 /// and quantized checkpoints need f16.
 enum class activation_type : std::uint8_t { f16, bf16, f32 };
+
+/// "f16", "bf16" or "f32" (the spelling of command-line options and of name()'s suffix); nullopt otherwise.
+[[nodiscard]] inline std::optional<activation_type> parse_activation_type(std::string_view s) noexcept {
+  if (s == "f16") {
+    return activation_type::f16;
+  }
+  if (s == "bf16") {
+    return activation_type::bf16;
+  }
+  if (s == "f32") {
+    return activation_type::f32;
+  }
+  return std::nullopt;
+}
 
 struct engine_options {
   /// Weights and activations; nullopt: bf16 when the checkpoint (config dtype) is bf16, else f16.

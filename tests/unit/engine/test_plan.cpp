@@ -3,7 +3,8 @@
 // distinct contexts, truncation and every batch size, each query row must see exactly the tokens of its own
 // request's model input up to itself (rebuilt from the tiles, independently of how the planner laid them
 // out), every continuation token must be scored once from the row lm-eval scores it from, prefix rows must
-// be shared, and no padding row may exist.
+// be shared, and no padding row may exist. Also the engine options' dtype spelling (host code beside the plan).
+#include <qprob/engine/engine.hpp>
 #include <qprob/engine/plan.hpp>
 
 #include <doctest/doctest.h>
@@ -13,6 +14,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "support.hpp"
@@ -246,4 +248,15 @@ TEST_CASE("plan_sequences: whole windows, last rows or all rows, truncated to ma
   const ids empty;
   const std::span<const token_id> bad[1] = {empty};
   CHECK_THROWS_AS((void)qprob::engine::plan_sequences(bad, true, o), qprob::invalid_argument);
+}
+
+TEST_CASE("parse_activation_type reads f16, bf16 and f32 and nothing else") {
+  using qprob::engine::activation_type;
+  using qprob::engine::parse_activation_type;
+  CHECK(parse_activation_type("f16") == activation_type::f16);
+  CHECK(parse_activation_type("bf16") == activation_type::bf16);
+  CHECK(parse_activation_type("f32") == activation_type::f32);
+  for (const char* bad : {"auto", "", "F16", "fp16", "f64", "bf16 "}) {
+    CHECK_MESSAGE(!parse_activation_type(bad).has_value(), std::string(bad));
+  }
 }
