@@ -194,27 +194,79 @@ struct sample_pass_params {
   long long* ipart;   ///< i_fields x gridDim.x
 };
 
-// (pass_threads, 2): at most 128 registers, two blocks per SM; the bin sums otherwise push it to ~147 and one
-// block per SM, too few loads in flight for this memory-bound loop.
+/// Shared memory of the fused pass: each thread's own calibration-bin sums (slot-major, so a warp's accesses
+/// to one slot are consecutive words) and the bin edges.
+struct sample_pass_smem {
+  double value[slot_group][pass_threads];
+  unsigned long long count_flag[slot_group][pass_threads];  ///< count << 32 | flagged count
+  double edge[slot_group + 2];                              ///< uniform_edge(k, bins), k <= min(bins, slot_group + 1)
+};
+inline constexpr std::size_t sample_pass_smem_bytes = sizeof(sample_pass_smem);
+
+/// Table size that calibration_bin may read for `bins` bins: edges 0..bins.
+[[nodiscard]] QPROB_HOST_DEVICE inline bool sample_pass_edge_table_fits(int bins) noexcept { return bins <= slot_group + 1; }
+
+// The bin sums live in shared memory (one private column per thread: no atomics, a fixed order), which keeps
+// the registers for the per-sample work: (pass_threads, 2) caps them at 128 without spills.
 __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pass_params p) {
+  extern __shared__ __align__(16) unsigned char sample_pass_raw[];
+  auto& sm                      = *reinterpret_cast<sample_pass_smem*>(sample_pass_raw);
+  const int t                   = static_cast<int>(threadIdx.x);
   const device_choice_scores& s = p.s;
+  QPROB_UNROLL
+  for (int slot = 0; slot < slot_group; ++slot) {
+    sm.value[slot][t]      = 0.0;
+    sm.count_flag[slot][t] = 0;
+  }
+  const bool table = sample_pass_edge_table_fits(p.bins);
+  if (table && t <= p.bins) {
+    sm.edge[t] = uniform_edge(t, p.bins);
+  }
+  __syncthreads();
+  const double* edge_table = table ? sm.edge : nullptr;
+
   double conf = 0, conf_ok = 0, conf_bad = 0, p_true = 0, ent = 0, brier = 0, nll = 0;
   long long n_ok = 0, n_sum = 0, n_norm = 0, first_bad = s.n, max_k = 0;
-  slot_sums bins;
-  bins.zero();
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < s.n; i += stride) {
+  std::int64_t i            = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + t;
+  // The next sample's offsets and gold are loaded one iteration ahead, so their latency overlaps this
+  // sample's work.
+  std::int64_t next_b = 0, next_e = 0;
+  int next_g          = 0;
+  if (i < s.n) {
+    next_b = s.offsets[i];
+    next_e = s.offsets[i + 1];
+    next_g = s.gold[i];
+  }
+  for (; i < s.n; i += stride) {
     // validation: the same conditions as the reference's validate_scores (check before reading choices)
-    const std::int64_t b = s.offsets[i], e = s.offsets[i + 1], k = e - b;
-    const int g          = s.gold[i];
-    max_k                = k > max_k ? k : max_k;
-    bool ok              = k >= 1 && b >= 0 && e <= s.total && g >= 0 && g < k;
+    const std::int64_t b = next_b, e = next_e, k = e - b;
+    const int g          = next_g;
+    if (i + stride < s.n) {
+      next_b = s.offsets[i + stride];
+      next_e = s.offsets[i + stride + 1];
+      next_g = s.gold[i + stride];
+    }
+    max_k   = k > max_k ? k : max_k;
+    bool ok = k >= 1 && b >= 0 && e <= s.total && g >= 0 && g < k;
+    sample_eval ev;
     if (ok) {
-      for (std::int64_t j = b; j < e; ++j) {
-        const double ll = s.loglik[j];
-        ok = ok && (ll - ll) == 0.0;  // false for inf and NaN
-        ok = ok && (s.char_len == nullptr || s.char_len[j] > 0);
-        ok = ok && (s.token_len == nullptr || s.token_len[j] > 0);
+      // Samples of up to 4 or 8 choices read each choice once into registers; larger ones read memory
+      // directly. Both evaluate with the same arithmetic, so the results are the same bits.
+      if (k <= 4) {
+        ok = evaluate_small_sample<4>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, p.mode, ev);
+      } else if (k <= 8) {
+        ok = evaluate_small_sample<8>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, p.mode, ev);
+      } else {
+        for (std::int64_t j = b; j < e; ++j) {
+          const double ll = s.loglik[j];
+          ok = ok && (ll - ll) == 0.0;  // false for inf and NaN
+          ok = ok && (s.char_len == nullptr || s.char_len[j] > 0);
+          ok = ok && (s.token_len == nullptr || s.token_len[j] > 0);
+        }
+        if (ok) {
+          ev = evaluate_sample(s.loglik, s.char_len, s.token_len, b, e, g, p.mode);
+        }
       }
     }
     if (!ok) {
@@ -224,7 +276,6 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
       }
       continue;
     }
-    const sample_eval ev = evaluate_sample(s.loglik, s.char_len, s.token_len, b, e, g, p.mode);
     conf += ev.conf;
     conf_ok += ev.correct ? ev.conf : 0.0;
     conf_bad += ev.correct ? 0.0 : ev.conf;
@@ -235,7 +286,11 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
     n_ok += ev.correct ? 1 : 0;
     n_sum += ev.correct_sum ? 1 : 0;
     n_norm += ev.correct_norm ? 1 : 0;
-    bins.add(calibration_bin(ev.conf, p.bins, p.edges), ev.conf, ev.correct);
+    const int bin = calibration_bin(ev.conf, p.bins, p.edges, edge_table);
+    if (bin < slot_group) {
+      sm.value[bin][t] += ev.conf;
+      sm.count_flag[bin][t] += (1ull << 32) | (ev.correct ? 1ull : 0ull);
+    }
     if (p.conf_keys != nullptr) {
       p.conf_keys[i] = make_key(ev.conf, ev.correct);
     }
@@ -257,8 +312,12 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
   block_store<long long>(n_ok, islot(i_ok), itmp);
   block_store<long long>(n_sum, islot(i_sum), itmp);
   block_store<long long>(n_norm, islot(i_norm), itmp);
-  store_slot_partials(bins, p.dpart + static_cast<std::int64_t>(d_bins) * blocks, p.ipart + static_cast<std::int64_t>(i_bin_count) * blocks,
-                      blocks, blk, dtmp, itmp);
+  for (int slot = 0; slot < slot_group; ++slot) {
+    const unsigned long long cf = sm.count_flag[slot][t];
+    block_store<double>(sm.value[slot][t], dslot(d_bins + slot), dtmp);
+    block_store<long long>(static_cast<long long>(cf >> 32), islot(i_bin_count + slot), itmp);
+    block_store<long long>(static_cast<long long>(cf & 0xffffffffull), islot(i_bin_hit + slot), itmp);
+  }
   {
     const long long r = cub::BlockReduce<long long, pass_threads>(itmp).Reduce(first_bad, min_ll{});
     if (threadIdx.x == 0) {
@@ -273,6 +332,11 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
     }
     __syncthreads();
   }
+}
+
+/// Raises the fused pass's dynamic shared-memory limit (once per process and device is enough; idempotent).
+[[nodiscard]] inline cudaError_t prepare_sample_pass() noexcept {
+  return cudaFuncSetAttribute(sample_pass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sample_pass_smem_bytes));
 }
 
 /// Persistent grid of a streaming kernel: as many blocks as fit on all SMs at once (occupancy of `kernel`
@@ -294,11 +358,20 @@ template <class Kernel>
   return static_cast<int>(need < 1 ? 1 : (need < cap ? need : cap));
 }
 
+/// Persistent grid of the fused pass (raises its shared-memory limit first, so the occupancy query sees it).
+[[nodiscard]] inline int sample_pass_grid(std::int64_t samples) noexcept {
+  if (prepare_sample_pass() != cudaSuccess) {
+    (void)cudaGetLastError();  // the launch reports it
+  }
+  return streaming_grid(samples, sample_pass_kernel, sample_pass_smem_bytes);
+}
+
 /// Fused pass plus the reduction of its partials into dres[d_fields] and ires[i_fields]. `dpart` / `ipart`
 /// hold d_fields / i_fields x grid entries.
 [[nodiscard]] inline cudaError_t launch_sample_pass(const sample_pass_params& p, int grid, double* dres, long long* ires,
                                                     cudaStream_t stream) noexcept {
-  sample_pass_kernel<<<grid, pass_threads, 0, stream>>>(p);
+  QPROB_CUDA_RETURN(prepare_sample_pass());
+  sample_pass_kernel<<<grid, pass_threads, sample_pass_smem_bytes, stream>>>(p);
   QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, d_fields, grid, -1, -1, dres, stream));
   return launch_reduce_partials<long long>(p.ipart, i_fields, grid, i_first_bad, i_max_k, ires, stream);

@@ -27,8 +27,10 @@ namespace qprob::metrics {
 /// Equal-width bin of a confidence in [0, 1]. upper_closed: the b with edge(b) < conf <= edge(b + 1), with
 /// conf <= 0 in bin 0 and conf >= 1 in bin bins - 1. torchmetrics: the b with edge(b) <= conf < edge(b + 1),
 /// conf >= 1 in overflow bin `bins`. The first guess from ceil/floor is corrected against the exact edges, so
-/// the result never depends on how conf * bins rounds.
-[[nodiscard]] QPROB_HOST_DEVICE inline int calibration_bin(double conf, int bins, bin_edges edges) noexcept {
+/// the result never depends on how conf * bins rounds. `table`, when given, holds uniform_edge(k, bins) for
+/// k = 0..bins (the device pass keeps it in shared memory instead of dividing per sample).
+[[nodiscard]] QPROB_HOST_DEVICE inline int calibration_bin(double conf, int bins, bin_edges edges, const double* table = nullptr) noexcept {
+  const auto edge = [&](int k) { return table != nullptr ? table[k] : uniform_edge(k, bins); };
   if (edges == bin_edges::upper_closed) {
     if (!(conf > 0.0)) {
       return 0;
@@ -38,10 +40,10 @@ namespace qprob::metrics {
     }
     int b = static_cast<int>(std::ceil(conf * bins)) - 1;
     b     = b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);
-    while (b > 0 && conf <= uniform_edge(b, bins)) {
+    while (b > 0 && conf <= edge(b)) {
       --b;
     }
-    while (b < bins - 1 && conf > uniform_edge(b + 1, bins)) {
+    while (b < bins - 1 && conf > edge(b + 1)) {
       ++b;
     }
     return b;
@@ -54,10 +56,10 @@ namespace qprob::metrics {
   }
   int b = static_cast<int>(std::floor(conf * bins));
   b     = b < 0 ? 0 : (b > bins - 1 ? bins - 1 : b);
-  while (b > 0 && conf < uniform_edge(b, bins)) {
+  while (b > 0 && conf < edge(b)) {
     --b;
   }
-  while (b < bins - 1 && conf >= uniform_edge(b + 1, bins)) {
+  while (b < bins - 1 && conf >= edge(b + 1)) {
     ++b;
   }
   return b;
@@ -108,6 +110,85 @@ struct sample_eval {
 /// with the same expression and so the same value).
 inline constexpr int kept_exponentials = 8;
 
+/// The first look at a sample's choices, in order: the argmax of the score under the mode (pred), of the summed
+/// log-likelihood (lm-eval acc) and of the per-character log-likelihood (acc_norm). Strict > keeps the first
+/// index of a tie (numpy/torch argmax).
+struct sample_scan {
+  double max_score = -INFINITY;
+  double max_ll    = -INFINITY;
+  double max_norm  = -INFINITY;
+  int pred         = 0;
+  int pred_sum     = 0;
+  int pred_norm    = 0;
+
+  /// Choice c (visited in increasing order) with score s, log-likelihood ll and, when has_norm, ll / chars.
+  QPROB_HOST_DEVICE void add(int c, double s, double ll, bool has_norm, double per_char) noexcept {
+    if (s > max_score) {
+      max_score = s;
+      pred      = c;
+    }
+    if (ll > max_ll) {
+      max_ll   = ll;
+      pred_sum = c;
+    }
+    if (has_norm && per_char > max_norm) {
+      max_norm  = per_char;
+      pred_norm = c;
+    }
+  }
+};
+
+namespace detail {
+
+/// Softmax of k scores score_of(0..k-1) after their scan, and everything derived from it. Unroll > 0: k <=
+/// Unroll and the loops are unrolled with a guard, so score_of may index a register array; 0: any k.
+template <int Unroll, class ScoreOf>
+[[nodiscard]] QPROB_HOST_DEVICE inline sample_eval finish_sample(const sample_scan& scan, int k, int gold, bool has_norm,
+                                                                 ScoreOf score_of) noexcept {
+  constexpr int kept_count = Unroll > 0 ? Unroll : kept_exponentials;
+  const int bound          = Unroll > 0 ? Unroll : k;
+  const double max_score   = scan.max_score;
+  double kept[kept_count];
+  double sum = 0;
+  QPROB_UNROLL
+  for (int c = 0; c < bound; ++c) {
+    if (c < k) {
+      const double e = std::exp(score_of(c) - max_score);
+      if (c < kept_count) {
+        kept[c] = e;
+      }
+      sum += e;
+    }
+  }
+  sample_eval r;
+  r.pred                = scan.pred;
+  const double log_sum  = std::log(sum);
+  QPROB_UNROLL
+  for (int c = 0; c < bound; ++c) {
+    if (c < k) {
+      const double d = score_of(c) - max_score;
+      const double e = c < kept_count ? kept[c] : std::exp(d);
+      const double p = e / sum;
+      if (p > 0) {
+        r.entropy -= p * (d - log_sum);
+      }
+      const double target = c == gold ? 1.0 : 0.0;
+      r.brier += (p - target) * (p - target);
+      if (c == gold) {
+        r.p_true = p;
+        r.nll    = log_sum - d;
+      }
+    }
+  }
+  r.conf         = 1.0 / sum;
+  r.correct      = r.pred == gold;
+  r.correct_sum  = scan.pred_sum == gold;
+  r.correct_norm = has_norm && scan.pred_norm == gold;
+  return r;
+}
+
+}  // namespace detail
+
 /// Softmax of sample [begin, end) under `mode` and everything derived from it. Probabilities are
 /// exp(s_j - max) / sum (softmax_of's max and sum, same expressions, same summation order, so the same bits as
 /// choice_probabilities): the max choice gets exactly 1 / sum.
@@ -120,61 +201,54 @@ inline constexpr int kept_exponentials = 8;
                                                                    std::int64_t end,
                                                                    int gold,
                                                                    scoring mode) noexcept {
-  sample_eval r;
-  double max_score = -INFINITY;
-  double max_ll    = -INFINITY;
-  double max_norm  = -INFINITY;
-  int pred_sum     = 0;
-  int pred_norm    = 0;
-  for (std::int64_t j = begin; j < end; ++j) {
-    const int k    = static_cast<int>(j - begin);
-    const double s = choice_score(loglik[j], char_len, token_len, j, mode);
-    if (s > max_score) {
-      max_score = s;
-      r.pred    = k;
-    }
-    if (loglik[j] > max_ll) {
-      max_ll   = loglik[j];
-      pred_sum = k;
-    }
-    if (char_len != nullptr) {
-      const double sn = loglik[j] / static_cast<double>(char_len[j]);
-      if (sn > max_norm) {
-        max_norm  = sn;
-        pred_norm = k;
-      }
+  const int k         = static_cast<int>(end - begin);
+  const bool has_norm = char_len != nullptr;
+  sample_scan scan;
+  for (int c = 0; c < k; ++c) {
+    const std::int64_t j = begin + c;
+    scan.add(c, choice_score(loglik[j], char_len, token_len, j, mode), loglik[j], has_norm,
+             has_norm ? loglik[j] / static_cast<double>(char_len[j]) : 0.0);
+  }
+  return detail::finish_sample<0>(scan, k, gold, has_norm, [&](int c) {
+    return choice_score(loglik[begin + c], char_len, token_len, begin + c, mode);
+  });
+}
+
+/// evaluate_sample for a sample of k <= MaxK choices (the same arithmetic in the same order, so the same bits)
+/// that reads each choice once and keeps its score in registers; it also validates what it reads as the
+/// fused pass must (finite log-likelihoods, positive lengths where given) and returns false otherwise.
+template <int MaxK>
+[[nodiscard]] QPROB_HOST_DEVICE inline bool evaluate_small_sample(const double* loglik,
+                                                                  const std::int32_t* char_len,
+                                                                  const std::int32_t* token_len,
+                                                                  std::int64_t begin,
+                                                                  int k,
+                                                                  int gold,
+                                                                  scoring mode,
+                                                                  sample_eval& out) noexcept {
+  const bool has_norm = char_len != nullptr;
+  double score[MaxK];
+  sample_scan scan;
+  bool ok = true;
+  QPROB_UNROLL
+  for (int c = 0; c < MaxK; ++c) {
+    if (c < k) {
+      const std::int64_t j = begin + c;
+      const double ll      = loglik[j];
+      const int chars      = has_norm ? char_len[j] : 1;
+      const int tokens     = token_len != nullptr ? token_len[j] : 1;
+      ok                   = ok && (ll - ll) == 0.0 && chars > 0 && tokens > 0;  // (ll - ll) != 0 for inf and NaN
+      const double per_char = has_norm ? ll / static_cast<double>(chars) : 0.0;
+      score[c]              = mode == scoring::char_normalized    ? ll / static_cast<double>(chars)
+                              : mode == scoring::token_normalized ? ll / static_cast<double>(tokens)
+                                                                  : ll;
+      scan.add(c, score[c], ll, has_norm, per_char);
     }
   }
-  double kept[kept_exponentials];
-  double sum = 0;
-  for (std::int64_t j = begin; j < end; ++j) {
-    const double e = std::exp(choice_score(loglik[j], char_len, token_len, j, mode) - max_score);
-    if (j - begin < kept_exponentials) {
-      kept[j - begin] = e;
-    }
-    sum += e;
+  if (ok) {
+    out = detail::finish_sample<MaxK>(scan, k, gold, has_norm, [&](int c) { return score[c]; });
   }
-  const double log_sum = std::log(sum);
-  for (std::int64_t j = begin; j < end; ++j) {
-    const int k      = static_cast<int>(j - begin);
-    const double d   = choice_score(loglik[j], char_len, token_len, j, mode) - max_score;
-    const double e   = k < kept_exponentials ? kept[k] : std::exp(d);
-    const double p   = e / sum;
-    if (p > 0) {
-      r.entropy -= p * (d - log_sum);
-    }
-    const double target = k == gold ? 1.0 : 0.0;
-    r.brier += (p - target) * (p - target);
-    if (k == gold) {
-      r.p_true = p;
-      r.nll    = log_sum - d;
-    }
-  }
-  r.conf         = 1.0 / sum;
-  r.correct      = r.pred == gold;
-  r.correct_sum  = pred_sum == gold;
-  r.correct_norm = char_len != nullptr && pred_norm == gold;
-  return r;
+  return ok;
 }
 
 /// Max score and sum of exp(s_j - max) of one sample: p_j = exp(s_j - max) / sum.

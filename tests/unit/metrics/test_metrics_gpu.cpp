@@ -92,14 +92,18 @@ void compare_paired(const m::paired_metrics& d, const m::paired_metrics& h) {
 TEST_CASE("device per-model metrics match the reference on random ragged tasks, every ACE variant") {
   auto rng = qprob::test::make_rng(101);
   INFO("seed=", qprob::test::run_seed());
-  for (std::int64_t n : {1, 7, 19, 111, 989, 100003}) {
-    const auto s = m::test::random_task(n, 2, 6, rng);
+  // K in [2, 6] covers the fused pass's register paths for K <= 4 and K <= 8; [1, 12] adds K = 1 and the
+  // path that reads larger samples from memory.
+  for (std::int64_t n : {1, 7, 19, 111, 989, 100003, 5003}) {
+    const int k_max = n == 5003 ? 12 : 6;
+    const auto s    = m::test::random_task(n, k_max == 12 ? 1 : 2, k_max, rng);
     for (auto v : {m::ace_variant::nixon, m::ace_variant::equal_mass_top_label, m::ace_variant::uniform_average}) {
       for (auto e : {m::bin_edges::upper_closed, m::bin_edges::torchmetrics}) {
         m::metric_options o;
         o.ace   = v;
         o.edges = e;
         CAPTURE(n);
+        CAPTURE(k_max);
         CAPTURE(static_cast<int>(v));
         CAPTURE(static_cast<int>(e));
         const auto h = m::compute_model_metrics_reference(s.view(), o);
@@ -127,6 +131,18 @@ TEST_CASE("device metrics: normalised scorings and seed_compat on uniform K") {
     const auto d = m::test::device_model_metrics(s.view(), o);
     compare_model(d, h);
     CHECK(d.ace == h.ace);  // seed_compat runs the same host code on the copied input: bit-identical
+  }
+  // Normalised scorings on ragged K = 1..12: every path of the fused pass (registers for K <= 4, <= 8;
+  // memory beyond) divides by the same lengths.
+  const auto r = m::test::random_task(3001, 1, 12, rng);
+  for (auto sc : {m::scoring::char_normalized, m::scoring::token_normalized}) {
+    m::metric_options o;
+    o.score = sc;
+    CAPTURE(static_cast<int>(sc));
+    const auto h = m::compute_model_metrics_reference(r.view(), o);
+    const auto d = m::test::device_model_metrics(r.view(), o);
+    compare_model(d, h);
+    CHECK(d.acc_norm > 0.0);
   }
 }
 
