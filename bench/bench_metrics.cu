@@ -115,7 +115,7 @@ void bm_sample_pass(benchmark::State& state) {
   const auto& s = task();
   const m::device_choice_scores_storage ds(s.view(), st);
   const m::device_choice_scores v = ds.view();
-  const int grid = d::sample_pass_grid(v.n);
+  const int grid = d::sample_pass_grid(v.n, m::scoring::sum, v.char_len != nullptr);
   qprob::device_buffer<double> dpart(static_cast<std::int64_t>(d::d_fields) * grid, st), dres(d::d_fields, st);
   qprob::device_buffer<long long> ipart(static_cast<std::int64_t>(d::i_fields) * grid, st), ires(d::i_fields, st);
   const d::sample_pass_params p{v, m::scoring::sum, 15, m::bin_edges::upper_closed, nullptr, dpart.data(), ipart.data()};

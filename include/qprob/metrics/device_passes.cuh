@@ -207,12 +207,18 @@ inline constexpr std::size_t sample_pass_smem_bytes = sizeof(sample_pass_smem);
 [[nodiscard]] QPROB_HOST_DEVICE inline bool sample_pass_edge_table_fits(int bins) noexcept { return bins <= slot_group + 1; }
 
 // The bin sums live in shared memory (one private column per thread: no atomics, a fixed order), which keeps
-// the registers for the per-sample work: (pass_threads, 2) caps them at 128 without spills.
+// the registers for the per-sample work: (pass_threads, 2) caps them at 128 without spills. The scoring mode
+// and the presence of char_len are template parameters (p.mode and p.s.char_len must agree), so each
+// instantiation carries only the divisions and loads it needs.
+template <scoring Mode, bool HasChar>
 __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pass_params p) {
   extern __shared__ __align__(16) unsigned char sample_pass_raw[];
   auto& sm                      = *reinterpret_cast<sample_pass_smem*>(sample_pass_raw);
   const int t                   = static_cast<int>(threadIdx.x);
-  const device_choice_scores& s = p.s;
+  device_choice_scores s = p.s;
+  if constexpr (!HasChar) {
+    s.char_len = nullptr;  // a constant: the compiler drops the per-character work
+  }
   QPROB_UNROLL
   for (int slot = 0; slot < slot_group; ++slot) {
     sm.value[slot][t]      = 0.0;
@@ -254,9 +260,9 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
       // Samples of up to 4 or 8 choices read each choice once into registers; larger ones read memory
       // directly. Both evaluate with the same arithmetic, so the results are the same bits.
       if (k <= 4) {
-        ok = evaluate_small_sample<4>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, p.mode, ev);
+        ok = evaluate_small_sample<4>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, Mode, ev);
       } else if (k <= 8) {
-        ok = evaluate_small_sample<8>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, p.mode, ev);
+        ok = evaluate_small_sample<8>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, Mode, ev);
       } else {
         for (std::int64_t j = b; j < e; ++j) {
           const double ll = s.loglik[j];
@@ -265,7 +271,7 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
           ok = ok && (s.token_len == nullptr || s.token_len[j] > 0);
         }
         if (ok) {
-          ev = evaluate_sample(s.loglik, s.char_len, s.token_len, b, e, g, p.mode);
+          ev = evaluate_sample(s.loglik, s.char_len, s.token_len, b, e, g, Mode);
         }
       }
     }
@@ -334,9 +340,21 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
   }
 }
 
-/// Raises the fused pass's dynamic shared-memory limit (once per process and device is enough; idempotent).
-[[nodiscard]] inline cudaError_t prepare_sample_pass() noexcept {
-  return cudaFuncSetAttribute(sample_pass_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sample_pass_smem_bytes));
+using sample_pass_fn = void (*)(sample_pass_params);
+
+/// The instantiation of the fused pass for p's scoring mode and char_len.
+[[nodiscard]] inline sample_pass_fn sample_pass_kernel_for(scoring mode, bool has_char) noexcept {
+  switch (mode) {
+    case scoring::char_normalized: return sample_pass_kernel<scoring::char_normalized, true>;
+    case scoring::token_normalized:
+      return has_char ? sample_pass_kernel<scoring::token_normalized, true> : sample_pass_kernel<scoring::token_normalized, false>;
+    default: return has_char ? sample_pass_kernel<scoring::sum, true> : sample_pass_kernel<scoring::sum, false>;
+  }
+}
+
+/// Raises the fused pass's dynamic shared-memory limit (idempotent).
+[[nodiscard]] inline cudaError_t prepare_sample_pass(sample_pass_fn kernel) noexcept {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(sample_pass_smem_bytes));
 }
 
 /// Persistent grid of a streaming kernel: as many blocks as fit on all SMs at once (occupancy of `kernel`
@@ -359,19 +377,24 @@ template <class Kernel>
 }
 
 /// Persistent grid of the fused pass (raises its shared-memory limit first, so the occupancy query sees it).
-[[nodiscard]] inline int sample_pass_grid(std::int64_t samples) noexcept {
-  if (prepare_sample_pass() != cudaSuccess) {
+[[nodiscard]] inline int sample_pass_grid(std::int64_t samples, scoring mode, bool has_char) noexcept {
+  const sample_pass_fn kernel = sample_pass_kernel_for(mode, has_char);
+  if (prepare_sample_pass(kernel) != cudaSuccess) {
     (void)cudaGetLastError();  // the launch reports it
   }
-  return streaming_grid(samples, sample_pass_kernel, sample_pass_smem_bytes);
+  return streaming_grid(samples, kernel, sample_pass_smem_bytes);
 }
 
 /// Fused pass plus the reduction of its partials into dres[d_fields] and ires[i_fields]. `dpart` / `ipart`
 /// hold d_fields / i_fields x grid entries.
 [[nodiscard]] inline cudaError_t launch_sample_pass(const sample_pass_params& p, int grid, double* dres, long long* ires,
                                                     cudaStream_t stream) noexcept {
-  QPROB_CUDA_RETURN(prepare_sample_pass());
-  sample_pass_kernel<<<grid, pass_threads, sample_pass_smem_bytes, stream>>>(p);
+  if (p.mode == scoring::char_normalized && p.s.char_len == nullptr) {
+    return cudaErrorInvalidValue;  // the public API checks this first
+  }
+  const sample_pass_fn kernel = sample_pass_kernel_for(p.mode, p.s.char_len != nullptr);
+  QPROB_CUDA_RETURN(prepare_sample_pass(kernel));
+  kernel<<<grid, pass_threads, sample_pass_smem_bytes, stream>>>(p);
   QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, d_fields, grid, -1, -1, dres, stream));
   return launch_reduce_partials<long long>(p.ipart, i_fields, grid, i_first_bad, i_max_k, ires, stream);

@@ -360,7 +360,7 @@ inline std::vector<bin_sums> equal_width_sums(const key_t* keys, std::int64_t n,
   const bool need_keys = top_label || uniform || slots > slot_group;
 
   // 1. the fused pass: validation, moments, calibration bins [0, 16), optional conf keys
-  const int grid = sample_pass_grid(n);
+  const int grid = sample_pass_grid(n, opt.score, s.char_len != nullptr);
   device_buffer<double> dpart(static_cast<std::int64_t>(d_fields) * grid, stream);
   device_buffer<long long> ipart(static_cast<std::int64_t>(i_fields) * grid, stream);
   device_buffer<double> dres(d_fields, stream);
