@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
-// Fused int GEMV (quant/gemv.cuh) against cuBLAS fp16 on the same shapes, same process: y (M x N) = x (M x K) W^T
-// for M = 1, 4, 8, 16 at Llama-2-7B's 4096 x 11008 (up/gate) and 11008 x 4096 (down). Counters: GB/s of the
-// bytes each must read (int4: packed codes + scales + zeros + x; cuBLAS: the fp16 weight + x), frac_of_copy
-// (over the device copy bandwidth measured here). tools/gpu_summary.py divides the cuBLAS time by the int4 time of
-// the same shape from this one run (the issue's goal: >= 3.5x for 1-16 rows). L2 is flushed before every
-// iteration.
+// Fused int GEMV (quant/gemv.cuh) and prefill GEMM (quant/gemm.cuh) against cuBLAS fp16 on the same shapes,
+// same process: y (M x N) = x (M x K) W^T at Llama-2-7B's 4096 x 11008 (up/gate), 11008 x 4096 (down) and
+// 4096 x 4096 (q/k/v/o). GEMV (M = 1..16) counters: GB/s of the bytes each must read (int4: packed codes +
+// scales + zeros + x; cuBLAS: the fp16 weight + x), frac_of_copy (over the device copy bandwidth measured here).
+// GEMM (M >= 512) counters: TFLOP/s (2 M N K). tools/gpu_summary.py divides the cuBLAS time by the int time of
+// the same shape from this one run (the issue's goals: >= 3.5x for 1-16 rows, >= 0.8x for M >= 512). L2 is
+// flushed before every iteration.
 //
 //   bench_gemv --benchmark_min_time=0.2s
 #include <qprob/core/cublas.hpp>
 #include <qprob/policy/presets.hpp>
+#include <qprob/quant/gemm.cuh>
 #include <qprob/quant/gemv.cuh>
 #include <qprob/quant/rtn.cuh>
 
@@ -61,7 +63,11 @@ void BM_cublas_fp16(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["frac_of_copy"] =
       benchmark::Counter(bytes / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
 }
+
+/// The same cuBLAS call at prefill shapes (a separate name, so the summary pairs it with int_gemm).
+void BM_cublas_fp16_gemm(benchmark::State& state) { BM_cublas_fp16(state); }
 
 /// x (m x k) and the RTN codes of a random n x k weight under P, on the device: the inputs of one GEMV benchmark.
 template <class P>
@@ -140,6 +146,61 @@ void BM_int4_gemv_variant(benchmark::State& state) {
       benchmark::Counter(in.bytes() / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The fused prefill GEMM (int_gemm, `Stages` shared-memory stages), checked before timing against cuBLAS on the
+/// dequantized weights (the same fp16 operands; float32 accumulation in a different order, one fp16 rounding
+/// each: far inside 2e-3 relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed.
+template <class P, int Stages>
+void BM_int_gemm(benchmark::State& state) {
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  qprob::stream s;
+  const gemv_inputs<P> in(m, n, k, s);
+  const auto qv = in.q.view(P::packed_words(k), n);
+  const auto sv = in.sc.view(P::groups(k), n);
+  const auto zv = in.z.view(P::groups(k), n);
+  if (!qprob::quant::int_gemm_supported<P>(in.x.view(m, k), qv, sv, zv, nullptr)) {
+    state.SkipWithError("int_gemm does not support this device or shape");
+    return;
+  }
+  qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s), w(n * k, s);
+  qprob::cublas_handle blas(s.get());
+  qprob::quant::dequantize<P>(qv, sv, zv, nullptr, w.view(n, k), s);
+  const float alpha = 1.0f, beta = 0.0f;
+  QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                                w.data(), CUDA_R_16F, static_cast<int>(k), in.x.data(), CUDA_R_16F, static_cast<int>(k), &beta, y_ref.data(),
+                                CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const auto run = [&] { qprob::quant::int_gemm<P, Stages>(in.x.view(m, k), qv, sv, zv, nullptr, y.view(m, n), s); };
+  run();
+  const auto a = y.to_host(), b = y_ref.to_host();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const float u = qprob::to_float(a[i]), v = qprob::to_float(b[i]);
+    if (!(std::fabs(u - v) <= 2e-3f * std::max(1.0f, std::fabs(v)))) {
+      state.SkipWithError("int_gemm disagrees with cuBLAS on the dequantized weight");
+      return;
+    }
+  }
+  qprob::bench::time_iterations(state, s, run);
+  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// The fallback the engine uses without int_gemm: dequantize to fp16, then cuBLAS.
+template <class P>
+void BM_dequant_cublas(benchmark::State& state) {
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  qprob::stream s;
+  const gemv_inputs<P> in(m, n, k, s);
+  qprob::device_buffer<qprob::half_t> y(m * n, s), w(n * k, s);
+  qprob::cublas_handle blas(s.get());
+  const float alpha = 1.0f, beta = 0.0f;
+  qprob::bench::time_iterations(state, s, [&] {
+    qprob::quant::dequantize<P>(in.q.view(P::packed_words(k), n), in.sc.view(P::groups(k), n), in.z.view(P::groups(k), n), nullptr,
+                                w.view(n, k), s);
+    QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                                  w.data(), CUDA_R_16F, static_cast<int>(k), in.x.data(), CUDA_R_16F, static_cast<int>(k), &beta, y.data(),
+                                  CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  });
+  state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 #define QPROB_GEMV_VARIANT_SHAPES(B) \
@@ -156,5 +217,14 @@ QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 3));
 QPROB_GEMV_SHAPES(BENCHMARK(BM_cublas_fp16));
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int4_g128));
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int8_g128));
+
+#define QPROB_GEMM_SHAPES(B)                                                                                       \
+  B->Args({512, 11008, 4096})->Args({512, 4096, 11008})->Args({512, 4096, 4096})->Args({1024, 11008, 4096})       \
+      ->Args({2048, 11008, 4096})->Args({2048, 4096, 11008})->Args({4096, 4096, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)
+QPROB_GEMM_SHAPES(BENCHMARK(BM_cublas_fp16_gemm));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 4));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 3));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int8_g128, 4));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_dequant_cublas, p::int4_g128));
 
 BENCHMARK_MAIN();

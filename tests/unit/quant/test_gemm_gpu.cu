@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+// int_gemm (quant/gemm.cuh, the fused prefill GEMM on wgmma) against a double-precision host product with the
+// host-dequantized fp16 weights (reference::rtn_quantize codes; scale * (code - zero) rounded to fp16, as the
+// engine's dequantized forward uses them): 4 and 8 bits, symmetric and asymmetric, groups 32 / 128 / per
+// channel, M and N with partial 128-tiles (M = 1, 77, 300; N = 136, 1000), K of one to many 64-wide k tiles
+// (the pipeline's prologue, steady state and drain), a row stride larger than K. Outputs are poisoned first.
+//
+// Tolerance as tests/unit/quant/test_gemv_gpu.cu: float32 accumulation (~sqrt(K) 2^-24 relative) and one fp16
+// rounding (2^-11 relative): |y - y_ref| <= 2^-10 |y_ref| + 1e-4 rms(y_ref). A wrong swizzle, descriptor, k
+// step, code, scale, zero, group or fragment position gives errors of order rms(y) / sqrt(K) or more.
+#include <qprob/core/device_buffer.hpp>
+#include <qprob/policy/presets.hpp>
+#include <qprob/quant/gemm.cuh>
+#include <qprob/reference/rtn.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "support.hpp"
+
+namespace p = qprob::policies;
+
+namespace {
+
+template <class P, int Stages = 4>
+void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx) {
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) {
+    v = qprob::to_half(0.05 * nd(rng));
+  }
+  const auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  std::vector<double> deq(static_cast<std::size_t>(n * k));
+  for (std::int64_t row = 0; row < n; ++row) {
+    for (std::int64_t col = 0; col < k; ++col) {
+      const auto grp = col / P::group_width(k);
+      const auto block = col / P::pack_block_values;
+      std::uint32_t blk[P::pack_block_words];
+      for (int ww = 0; ww < P::pack_block_words; ++ww) {
+        blk[ww] = q.qweight[static_cast<std::size_t>((block * P::pack_block_words + ww) * n + row)];
+      }
+      const auto code = qprob::quant::unpack_code<P>(blk, static_cast<int>(col % P::pack_block_values));
+      const double s  = qprob::to_double(q.scales[static_cast<std::size_t>(grp * n + row)]);
+      const double z  = q.zeros[static_cast<std::size_t>(grp * n + row)];
+      deq[static_cast<std::size_t>(row * k + col)] = qprob::to_double(qprob::to_half(s * (static_cast<double>(code) - z)));
+    }
+  }
+  std::vector<qprob::half_t> x(static_cast<std::size_t>(m * ldx));
+  for (auto& v : x) {
+    v = qprob::to_half(nd(rng));
+  }
+  cudaStream_t s = nullptr;
+  qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
+  qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
+  qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
+  qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
+  qprob::device_buffer<qprob::half_t> d_y(m * n, s);
+  d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
+  const auto xv = qprob::device_view<const qprob::half_t, 2>(d_x.data(), {m, k}, {ldx, 1});
+  const auto qv = std::as_const(d_q).view(P::packed_words(k), n);
+  const auto sv = std::as_const(d_s).view(P::groups(k), n);
+  const auto zv = std::as_const(d_z).view(P::groups(k), n);
+  REQUIRE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
+  qprob::quant::int_gemm<P, Stages>(xv, qv, sv, zv, nullptr, d_y.view(m, n), s);
+  const auto y = d_y.to_host();
+  std::vector<double> ref(static_cast<std::size_t>(m * n));
+  double rms = 0;
+  for (std::int64_t r = 0; r < m; ++r) {
+    for (std::int64_t c = 0; c < n; ++c) {
+      double acc = 0;
+      for (std::int64_t i = 0; i < k; ++i) {
+        acc += qprob::to_double(x[static_cast<std::size_t>(r * ldx + i)]) * deq[static_cast<std::size_t>(c * k + i)];
+      }
+      ref[static_cast<std::size_t>(r * n + c)] = acc;
+      rms += acc * acc;
+    }
+  }
+  rms = std::sqrt(rms / static_cast<double>(ref.size()));
+  REQUIRE(rms > 0.0);
+  std::size_t bad = 0;
+  double worst    = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double got = qprob::to_double(y[i]);
+    const double err = std::abs(got - ref[i]);
+    worst            = std::max(worst, err / rms);
+    bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-4 * rms) ? 1 : 0;
+  }
+  CAPTURE(qprob::policy_name<P>());
+  CAPTURE(Stages);
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(worst);
+  CHECK(bad == 0);
+}
+
+}  // namespace
+
+TEST_CASE("int_gemm equals the dequantized product: 4 and 8 bits, sym/asym, groups, partial tiles, pipeline depths") {
+  auto rng = qprob::test::make_rng(0x6e40);
+  INFO("seed ", qprob::test::run_seed());
+  check_gemm<p::int4_g128>(rng, 300, 1000, 1024, 1024);   // 3 row tiles (last partial), 8 column tiles (last 104 wide), 16 k tiles
+  check_gemm<p::int4_g128>(rng, 1, 136, 64, 72);          // one k tile (prologue only), one row, stride > K
+  check_gemm<p::int4_g128>(rng, 77, 256, 128, 128);       // two k tiles
+  check_gemm<p::int4_g128, 3>(rng, 130, 264, 704, 704);   // three stages; 11 k tiles
+  check_gemm<p::int4_g128_asym>(rng, 129, 128, 512, 520);
+  check_gemm<p::int4_g32>(rng, 64, 200, 320, 320);        // two groups per k tile
+  check_gemm<p::int4_pc>(rng, 200, 136, 448, 448);        // one group for all of K
+  check_gemm<p::int8_g128>(rng, 150, 264, 640, 640);      // 16 word rows per k tile
+  check_gemm<p::int4_g64_asym>(rng, 33, 128, 256, 256);
+  check_gemm<p::int8_pc>(rng, 40, 136, 192, 192);
+}
+
+TEST_CASE("int_gemm refuses what it does not support, with the reason") {
+  cudaStream_t s = nullptr;
+  using P        = p::int4_g128;
+  const std::int64_t m = 4, n = 128;
+  for (std::int64_t k : {96, 256}) {
+    qprob::device_buffer<qprob::half_t> x(m * k, s), y(m * n, s);
+    qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
+    qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
+    qprob::device_buffer<std::uint8_t> z(P::groups(k) * n, s);
+    qprob::device_buffer<std::int32_t> g(k, s);
+    const auto xv = std::as_const(x).view(m, k);
+    const auto qv = std::as_const(q).view(P::packed_words(k), n);
+    const auto sv = std::as_const(sc).view(P::groups(k), n);
+    const auto zv = std::as_const(z).view(P::groups(k), n);
+    if (k == 96) {  // K not a multiple of 64
+      CHECK_FALSE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
+      CHECK_THROWS_AS(qprob::quant::int_gemm<P>(xv, qv, sv, zv, nullptr, y.view(m, n), s), qprob::invalid_argument);
+    } else {  // act-order g_idx: permuted at load time, not gathered here
+      CHECK(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
+      CHECK_FALSE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, g.data()));
+      CHECK_THROWS_AS(qprob::quant::int_gemm<P>(xv, qv, sv, zv, g.data(), y.view(m, n), s), qprob::invalid_argument);
+    }
+  }
+  CHECK_FALSE(qprob::quant::int_gemm_supported<p::int3_g128>(
+      qprob::device_view<const qprob::half_t, 2>(nullptr, {4, 256}, {256, 1}), qprob::device_view<const std::uint32_t, 2>(nullptr, {24, 128}, {128, 1}),
+      qprob::device_view<const qprob::half_t, 2>(nullptr, {2, 128}, {128, 1}), qprob::device_view<const std::uint8_t, 2>(nullptr, {2, 128}, {128, 1}),
+      nullptr));
+}
