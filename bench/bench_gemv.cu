@@ -146,7 +146,7 @@ void BM_int4_gemv_variant(benchmark::State& state) {
       benchmark::Counter(in.bytes() / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// The fused prefill GEMM (int_gemm, `Stages` shared-memory stages), checked before timing against cuBLAS on the
+/// The fused prefill GEMM (int_gemm on the repacked weight, `Stages` shared-memory stages), checked before timing against cuBLAS on the
 /// dequantized weights (the same fp16 operands; float32 accumulation in a different order, one fp16 rounding
 /// each: far inside 2e-3 relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed.
 template <class P, int Stages>
@@ -157,10 +157,11 @@ void BM_int_gemm(benchmark::State& state) {
   const auto qv = in.q.view(P::packed_words(k), n);
   const auto sv = in.sc.view(P::groups(k), n);
   const auto zv = in.z.view(P::groups(k), n);
-  if (!qprob::quant::int_gemm_supported<P>(in.x.view(m, k), qv, sv, zv, nullptr)) {
+  if (!qprob::quant::mma_layout_supported<P>(n, k) || !qprob::quant::int_gemm_device_supported()) {
     state.SkipWithError("int_gemm does not support this device or shape");
     return;
   }
+  const auto mw = qprob::quant::repack_for_mma<P>(qv, sv, zv, {}, s);
   qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s), w(n * k, s);
   qprob::cublas_handle blas(s.get());
   qprob::quant::dequantize<P>(qv, sv, zv, nullptr, w.view(n, k), s);
@@ -168,7 +169,7 @@ void BM_int_gemm(benchmark::State& state) {
   QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                                 w.data(), CUDA_R_16F, static_cast<int>(k), in.x.data(), CUDA_R_16F, static_cast<int>(k), &beta, y_ref.data(),
                                 CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  const auto run = [&] { qprob::quant::int_gemm<P, Stages>(in.x.view(m, k), qv, sv, zv, nullptr, y.view(m, n), s); };
+  const auto run = [&] { qprob::quant::int_gemm<P, Stages>(in.x.view(m, k), mw, y.view(m, n), s); };
   run();
   const auto a = y.to_host(), b = y_ref.to_host();
   for (std::size_t i = 0; i < a.size(); ++i) {

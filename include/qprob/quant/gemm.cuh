@@ -1,24 +1,36 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-// Fused dequantize-and-multiply for prefill (many rows): y (M, N) = x (M, K) W^T with W stored as GPTQ codes
-// (quant/pack.hpp layout), on Hopper tensor cores (wgmma, sm_90a), never materialising W in device memory.
+// Fused dequantize-and-multiply for prefill (many rows): y (M, N) = x (M, K) W^T with W given as GPTQ codes, on
+// Hopper tensor cores (wgmma, sm_90a), never materialising W in device memory.
 //
 // Semantics are int_gemv's: y = x . dequantize_half(W), float32 accumulation, one rounding to fp16, where
 // dequantize_half rounds scale * (code - zero) to fp16 (reference/rtn.hpp): the fp16 forward pass on the
 // dequantized weights.
 //
-// Block tile 128 (rows of x) x 128 (output columns) x 64 (k), 256 threads = two warpgroups of 64 rows each.
-// Per k tile, cp.async brings x's 128 x 64 halves and W's packed words, scales and zero points into a ring of
-// `Stages` shared-memory stages; the threads turn the packed words into fp16 (the 0x6400 exponent trick, then
-// (1024 + code) - (1024 + zero) exactly, times the scale, one rounding) and store them as the B operand. Both
-// operands are K-major with the 128-byte swizzle (16-byte chunk c of row r at r * 128 + ((c ^ (r % 8)) * 16),
-// tile bases 1024-aligned), which wgmma.m64n128k16 reads through shared-memory descriptors. The dequantization
-// of k tile t + 1 overlaps the asynchronous wgmma of tile t; two fp16 B buffers alternate.
+// The product is computed transposed, y^T (N x M) = W (N x K) x^T, so that the quantized operand is wgmma's A
+// operand, which may come from registers: the codes go from device memory through registers into the tensor
+// cores and never through shared memory as fp16. For that, the weight is repacked once (at load time:
+// repack_for_mma) into the "mma layout": for every 16 output features and every 64 k, each of the 32 lanes of a
+// warp holds, in bits/4 x 4 consecutive 32-bit words, exactly the codes of its A fragments (rows g and g + 8,
+// k 2q, 2q + 1, 2q + 8, 2q + 9 of each k16 step, g = lane / 4, q = lane % 4), placed so that the 0x6400
+// exponent trick turns them into the fragment's fp16 pairs directly; scales and zero points are repacked per
+// 16 features and group the same way (mma_scale_zero). x^T is wgmma's B operand: x tiles (128 rows x 64 k) come
+// through a cp.async ring of shared-memory stages with the 128-byte swizzle (16-byte chunk c of row r at
+// r * 128 + ((c ^ (r % 8)) * 16), 1024-aligned) that the descriptors name.
 //
-// Supported (int_gemm_supported): 4 and 8 bits, natural groups of a multiple of 32 columns or per channel (no
-// g_idx: act-order checkpoints are permuted at load time), K % 64 == 0, N % 8 == 0, 16-byte aligned rows of x,
-// a device of compute capability 9.0. Callers fall back to dequantize + cuBLAS otherwise.
+// Block: 256 threads = two warpgroups, 128 output features (64 per warpgroup, 16 per warp) x 128 rows of x. Per
+// k tile: each thread's own 16 (4 bits) or 32 (8 bits) bytes of codes arrive by cp.async with the x tile; the
+// thread dequantizes them into its A fragments, then the warpgroup issues four wgmma and waits for them (no
+// wgmma may be in flight while A registers are written); two blocks per SM overlap one's dequantization with
+// the other's tensor-core work.
+// The epilogue transposes the 128 x 128 fp32 tile through shared memory and writes y rows with 16-byte stores.
+//
+// Supported (int_gemm_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
+// N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
+// takes g_idx, permutes K so that groups are contiguous, and int_gemm gathers x's columns the same way (one
+// pass over x instead of a gather per group). Callers fall back to dequantize + cuBLAS otherwise.
 #include <qprob/core/cuda_check.hpp>
+#include <qprob/core/device_buffer.hpp>
 #include <qprob/core/error.hpp>
 #include <qprob/core/launch.hpp>
 #include <qprob/core/math.hpp>
@@ -30,37 +42,85 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <type_traits>
+#include <vector>
 
 namespace qprob::quant {
 
+// ---------------------------------------------------------------------------------------------------------
+// The mma layout (host-safe: the host reference of the repacking uses the same position function).
+
+namespace mma_layout {
+
+inline constexpr int kFeatureBlock = 16;   ///< output features per warp fragment
+inline constexpr int kKTile        = 64;   ///< k per tile
+inline constexpr int kPadFeatures  = 128;  ///< features are padded to the kernel's block (zero codes, zero scales)
+
+template <quantized_policy P>
+inline constexpr int words_per_lane = P::bits;  ///< per 64-k tile: 4 k16 steps x bits/4 words
+
+/// Padded feature count.
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t padded_features(std::int64_t n) noexcept {
+  return (n + kPadFeatures - 1) / kPadFeatures * kPadFeatures;
+}
+/// 32-bit words of the repacked codes of an (N, K) weight.
+template <quantized_policy P>
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t code_words(std::int64_t n, std::int64_t k) noexcept {
+  return padded_features(n) / kFeatureBlock * (k / kKTile) * 32 * words_per_lane<P>;
+}
+/// uint2 entries of the repacked scales and zero points: per 16 features, group and fragment row g (0..7).
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t scale_zero_entries(std::int64_t n, std::int64_t groups) noexcept {
+  return padded_features(n) / kFeatureBlock * groups * 8;
+}
+
+/// Where slot `slot` of word `w` of lane `lane` in (feature block nb, k tile kt) comes from: its row (output
+/// feature) and column (k). 4 bits: word i is k16 step i, nibbles (j, j + 4) form fragment register a_j;
+/// 8 bits: words 2i and 2i + 1 are k16 step i, bytes (0, 2) and (1, 3) form a_0, a_1 (first word) and a_2,
+/// a_3 (second). a_0: (g, 2q | 2q + 1), a_1: (g + 8, 2q | 2q + 1), a_2: (g, 2q + 8 | 2q + 9), a_3: (g + 8,
+/// 2q + 8 | 2q + 9) of the step's 16 x 16 block.
+template <quantized_policy P>
+QPROB_HOST_DEVICE constexpr void source_of(std::int64_t nb, std::int64_t kt, int lane, int w, int slot, std::int64_t& row,
+                                           std::int64_t& col) noexcept {
+  const int g = lane / 4, q = lane % 4;
+  int step = 0, reg = 0, half = 0;
+  if constexpr (P::bits == 4) {
+    step = w;
+    reg  = slot % 4;
+    half = slot / 4;
+  } else {
+    step = w / 2;
+    reg  = 2 * (w % 2) + slot % 2;
+    half = slot / 2;
+  }
+  row = nb * kFeatureBlock + g + 8 * (reg % 2);
+  col = kt * kKTile + 16 * step + 2 * q + 8 * (reg / 2) + half;
+}
+
+}  // namespace mma_layout
+
 namespace gemm_detail {
 
-inline constexpr int kBM      = 128;  // rows of x per block (two warpgroups of 64)
-inline constexpr int kBN      = 128;  // output columns per block
-inline constexpr int kBK      = 64;   // k per stage: one 128-byte swizzled row of halves
+inline constexpr int kBM      = 128;  // rows of x per block (the wgmma N dimension)
+inline constexpr int kBN      = 128;  // output features per block (two warpgroups of 64)
+inline constexpr int kBK      = mma_layout::kKTile;
 inline constexpr int kThreads = 256;
 
 template <quantized_policy P>
 inline constexpr bool gemm_bits = (P::bits == 4 || P::bits == 8) && std::is_same_v<typename P::compute_type, half_t>;
 
-/// Shared-memory layout of one block (offsets from a 1024-aligned base).
 template <quantized_policy P, int Stages>
 struct gemm_smem {
-  static constexpr int x_tile      = kBM * kBK * 2;                 // 16 KB of x per stage
-  static constexpr int b_tile      = kBN * kBK * 2;                 // 16 KB of fp16 W per buffer
-  static constexpr int word_rows   = kBK * P::bits / 32;            // packed word rows per k tile
-  static constexpr int w_tile      = word_rows * kBN * 4;
-  static constexpr int s_tile      = 2 * kBN * 2;                   // scales of (up to) two groups
-  static constexpr int z_tile      = 2 * kBN;                       // zero points of (up to) two groups
-  static constexpr int x_off       = 0;
-  static constexpr int b_off       = x_off + Stages * x_tile;
-  static constexpr int w_off       = b_off + 2 * b_tile;
-  static constexpr int s_off       = w_off + Stages * w_tile;
-  static constexpr int z_off       = s_off + Stages * s_tile;
-  static constexpr int bytes       = z_off + Stages * z_tile;
-  static constexpr int launch_bytes = bytes + 1024;                 // room to align the base
+  static constexpr int x_tile       = kBM * kBK * 2;  // 16 KB of x per stage (128-byte swizzled rows)
+  static constexpr int w_tile       = kThreads * mma_layout::words_per_lane<P> * 4;  // each thread's codes
+  static constexpr int x_off        = 0;
+  static constexpr int w_off        = Stages * x_tile;
+  static constexpr int bytes        = w_off + Stages * w_tile;
+  static constexpr int out_pitch    = kBN + 8;        // halves per row of the epilogue's transposed tile
+  static_assert(kBM * out_pitch * 2 <= bytes, "the epilogue reuses the stages");
+  static constexpr int launch_bytes = bytes + 1024;   // room to align the base
 };
 
 QPROB_DEVICE QPROB_FORCEINLINE std::uint32_t smem_addr(const void* p) {
@@ -81,9 +141,6 @@ QPROB_DEVICE QPROB_FORCEINLINE std::uint64_t smem_desc(std::uint32_t addr) {
 
 QPROB_DEVICE QPROB_FORCEINLINE void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-QPROB_DEVICE QPROB_FORCEINLINE void cp_async8(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 QPROB_DEVICE QPROB_FORCEINLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int Pending>
@@ -127,20 +184,32 @@ QPROB_DEVICE QPROB_FORCEINLINE void fence_accumulators(float (&d)[64]) {
   }
 }
 
-/// d (64 x 128 fp32 fragment of the warpgroup) = A (64 x 16, descriptor) * B (16 x 128, descriptor) + (accumulate ?
-/// d : 0): the first product of a tile starts the sums without a separate zeroing of the registers.
-QPROB_DEVICE QPROB_FORCEINLINE void wgmma_m64n128k16(float (&d)[64], std::uint64_t a, std::uint64_t b, int accumulate) {
+/// The same for A fragments: their values must be complete before the wgmma batch starts (otherwise the compiler
+/// may compute some between the wgmma instructions, which makes ptxas serialize them).
+QPROB_DEVICE QPROB_FORCEINLINE void fence_fragments(std::uint32_t (&a)[4][4]) {
+  QPROB_UNROLL
+  for (int s = 0; s < 4; ++s) {
+    QPROB_UNROLL
+    for (int r = 0; r < 4; ++r) {
+      asm volatile("" : "+r"(a[s][r])::"memory");
+    }
+  }
+}
+
+/// d (64 x 128 fp32 fragment) = A (64 x 16, registers a0..a3 of this thread) * B (16 x 128, descriptor) +
+/// (accumulate ? d : 0).
+QPROB_DEVICE QPROB_FORCEINLINE void wgmma_rs_m64n128k16(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t b, int accumulate) {
 #if QPROB_HAS_WGMMA
   asm volatile(
       "{\n"
       ".reg .pred acc_p;\n"
-      "setp.ne.b32 acc_p, %66, 0;\n"
+      "setp.ne.b32 acc_p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
       "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "
       "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "
       "%59, %60, %61, %62, %63 "
-      "}, %64, %65, acc_p, 1, 1, 0, 0;\n"
+      "}, {%64, %65, %66, %67}, %68, acc_p, 1, 1, 0;\n"
       "}\n"
       :
         "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
@@ -151,7 +220,7 @@ QPROB_DEVICE QPROB_FORCEINLINE void wgmma_m64n128k16(float (&d)[64], std::uint64
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(a), "l"(b), "r"(accumulate)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate)
       : "memory");
 #else
   (void)d;
@@ -162,122 +231,76 @@ QPROB_DEVICE QPROB_FORCEINLINE void wgmma_m64n128k16(float (&d)[64], std::uint64
 #endif
 }
 
-/// One 16-byte chunk (8 consecutive k) of one column as fp16: the chunk's bits/4 words, each code
-/// scale * (code - zero) rounded once; halves in k order.
+/// A fragments of one k tile from this thread's repacked words: frag[step][reg] = scale * (code - zero) of
+/// the fragment's rows (scale_zero: x = scale(g) | scale(g + 8) << 16, y = the fp16 1024 + zero of both).
 template <quantized_policy P>
-QPROB_DEVICE QPROB_FORCEINLINE uint4 dequant_chunk(const std::uint32_t* words, __half2 zero_1024, __half2 scale) {
-  const auto hw  = [](std::uint32_t biased, __half2 z, __half2 s) {
-    const __half2 v = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&biased), z), s);
+QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words, uint2 sz_lo, uint2 sz_hi, std::uint32_t (&frag)[4][4]) {
+  const auto apply = [](std::uint32_t biased, std::uint32_t z, std::uint32_t s) {
+    const __half2 v = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&biased), *reinterpret_cast<const __half2*>(&z)),
+                              *reinterpret_cast<const __half2*>(&s));
     return *reinterpret_cast<const std::uint32_t*>(&v);
   };
-  uint4 out;
-  if constexpr (P::bits == 4) {
-    const std::uint32_t w = words[0];
-    // pairs (c0, c4), (c1, c5), (c2, c6), (c3, c7) from the exponent trick, then reordered to k order
-    const std::uint32_t p04 = hw((w & 0x000f000fu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t p15 = hw(((w >> 4) & 0x000f000fu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t p26 = hw(((w >> 8) & 0x000f000fu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t p37 = hw(((w >> 12) & 0x000f000fu) | 0x64006400u, zero_1024, scale);
-    out.x = __byte_perm(p04, p15, 0x5410);
-    out.y = __byte_perm(p26, p37, 0x5410);
-    out.z = __byte_perm(p04, p15, 0x7632);
-    out.w = __byte_perm(p26, p37, 0x7632);
-  } else {
-    const std::uint32_t w0 = words[0], w1 = words[1];
-    const std::uint32_t a02 = hw((w0 & 0x00ff00ffu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t a13 = hw(((w0 >> 8) & 0x00ff00ffu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t b02 = hw((w1 & 0x00ff00ffu) | 0x64006400u, zero_1024, scale);
-    const std::uint32_t b13 = hw(((w1 >> 8) & 0x00ff00ffu) | 0x64006400u, zero_1024, scale);
-    out.x = __byte_perm(a02, a13, 0x5410);
-    out.y = __byte_perm(a02, a13, 0x7632);
-    out.z = __byte_perm(b02, b13, 0x5410);
-    out.w = __byte_perm(b02, b13, 0x7632);
+  // per k16 step: rows g (registers 0, 2) and g + 8 (registers 1, 3); steps 0, 1 use the tile's first
+  // 32-column group (sz_lo), steps 2, 3 its second (sz_hi; the same group unless groups are 32 wide)
+  QPROB_UNROLL
+  for (int step = 0; step < 4; ++step) {
+    const uint2 sz           = step < 2 ? sz_lo : sz_hi;
+    const std::uint32_t s_g  = __byte_perm(sz.x, 0, 0x1010), s_g8 = __byte_perm(sz.x, 0, 0x3232);
+    const std::uint32_t z_g  = __byte_perm(sz.y, 0, 0x1010), z_g8 = __byte_perm(sz.y, 0, 0x3232);
+    if constexpr (P::bits == 4) {
+      const std::uint32_t w = words[step];
+      frag[step][0] = apply((w & 0x000f000fu) | 0x64006400u, z_g, s_g);
+      frag[step][1] = apply(((w >> 4) & 0x000f000fu) | 0x64006400u, z_g8, s_g8);
+      frag[step][2] = apply(((w >> 8) & 0x000f000fu) | 0x64006400u, z_g, s_g);
+      frag[step][3] = apply(((w >> 12) & 0x000f000fu) | 0x64006400u, z_g8, s_g8);
+    } else {
+      const std::uint32_t w0 = words[2 * step], w1 = words[2 * step + 1];
+      frag[step][0] = apply((w0 & 0x00ff00ffu) | 0x64006400u, z_g, s_g);
+      frag[step][1] = apply(((w0 >> 8) & 0x00ff00ffu) | 0x64006400u, z_g8, s_g8);
+      frag[step][2] = apply((w1 & 0x00ff00ffu) | 0x64006400u, z_g, s_g);
+      frag[step][3] = apply(((w1 >> 8) & 0x00ff00ffu) | 0x64006400u, z_g8, s_g8);
+    }
   }
-  return out;
 }
 
 template <quantized_policy P, int Stages>
-__global__ void __launch_bounds__(kThreads) int_gemm_kernel(const half_t* __restrict__ x, std::int64_t ldx, int m, int k, int n,
-                                                            const std::uint32_t* __restrict__ qweight,
-                                                            const half_t* __restrict__ scales,
-                                                            const std::uint8_t* __restrict__ zeros, int group_width,
-                                                            half_t* __restrict__ y, std::int64_t ldy) {
-  using L = gemm_smem<P, Stages>;
+__global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __restrict__ x, std::int64_t ldx, int m, int k, int n,
+                                                            const std::uint32_t* __restrict__ codes, const uint2* __restrict__ scale_zero,
+                                                            int groups, int group_width, half_t* __restrict__ y, std::int64_t ldy) {
+  using L                 = gemm_smem<P, Stages>;
+  constexpr int wpl       = mma_layout::words_per_lane<P>;
   extern __shared__ unsigned char gemm_raw[];
-  unsigned char* base = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(gemm_raw) + 1023) & ~std::uintptr_t{1023});
-  const int t   = static_cast<int>(threadIdx.x);
-  const int m0  = static_cast<int>(blockIdx.x) * kBM;
-  const int n0  = static_cast<int>(blockIdx.y) * kBN;
-  const int tiles = k / kBK;
+  unsigned char* base     = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(gemm_raw) + 1023) & ~std::uintptr_t{1023});
+  const int t             = static_cast<int>(threadIdx.x);
+  const int lane          = t % 32, warp = t / 32, wg = t / 128;
+  const int m0            = static_cast<int>(blockIdx.x) * kBM;
+  const int n0            = static_cast<int>(blockIdx.y) * kBN;
+  const int tiles         = k / kBK;
+  const std::int64_t nb   = n0 / mma_layout::kFeatureBlock + warp;  // this warp's 16-feature block
+  const std::uint32_t* my_codes = codes + (nb * tiles * 32 + lane) * wpl;
+  const uint2* my_sz            = scale_zero + nb * groups * 8 + lane / 4;
 
-  // cp.async of k tile `kt` into stage `st`: x (rows past m zero-filled), packed words, scales and zero
-  // points of the groups of its two 32-column halves (columns past n zero-filled).
+  // cp.async of k tile `kt` into stage `st`: x rows (past m zero-filled) and this thread's own codes.
   const auto load_tile = [&](int kt, int st) {
-    const int k0        = kt * kBK;
-    unsigned char* xs   = base + L::x_off + st * L::x_tile;
+    unsigned char* xs = base + L::x_off + st * L::x_tile;
     QPROB_UNROLL
     for (int i = 0; i < kBM * 8 / kThreads; ++i) {
       const int idx = t + i * kThreads;
       const int r = idx / 8, c = idx % 8;
       const bool in = m0 + r < m;
-      const half_t* src = x + static_cast<std::int64_t>(in ? m0 + r : 0) * ldx + k0 + c * 8;
+      const half_t* src = x + static_cast<std::int64_t>(in ? m0 + r : 0) * ldx + kt * kBK + c * 8;
       cp_async16(smem_addr(xs + swizzled(r, c)), src, in ? 16 : 0);
     }
-    unsigned char* ws = base + L::w_off + st * L::w_tile;
-    const std::int64_t row0 = static_cast<std::int64_t>(k0) * P::bits / 32;
-    for (int idx = t; idx < L::word_rows * (kBN / 4); idx += kThreads) {
-      const int r = idx / (kBN / 4), q = idx % (kBN / 4);
-      const bool in = n0 + 4 * q < n;
-      const std::uint32_t* src = qweight + (row0 + r) * n + (in ? n0 + 4 * q : 0);
-      cp_async16(smem_addr(ws + (r * kBN + 4 * q) * 4), src, in ? 16 : 0);
-    }
-    if (t < 2 * (kBN / 8)) {  // scales: 8 columns (16 bytes) per copy, two groups
-      const int half = t / (kBN / 8), c8 = t % (kBN / 8);
-      const std::int64_t g = (k0 + 32 * half) / group_width;
-      const bool in        = n0 + 8 * c8 < n;
-      cp_async16(smem_addr(base + L::s_off + st * L::s_tile + (half * kBN + 8 * c8) * 2), scales + g * n + (in ? n0 + 8 * c8 : 0),
-                 in ? 16 : 0);
-    } else if (t < 4 * (kBN / 8)) {  // zero points: 8 columns (8 bytes) per copy, two groups
-      const int u = t - 2 * (kBN / 8);
-      const int half = u / (kBN / 8), c8 = u % (kBN / 8);
-      const std::int64_t g = (k0 + 32 * half) / group_width;
-      const bool in        = n0 + 8 * c8 < n;
-      cp_async8(smem_addr(base + L::z_off + st * L::z_tile + half * kBN + 8 * c8), zeros + g * n + (in ? n0 + 8 * c8 : 0),
-                in ? 8 : 0);
-    }
-  };
-
-  // Thread t dequantizes column t % 128, chunks 4h..4h+3 (k 32h..32h+31 of the tile, one group) of stage st
-  // into fp16 buffer `buf`.
-  const int col = t % kBN, hk = t / kBN;
-  const auto dequant_tile = [&](int st, int buf) {
-    const auto* ws = reinterpret_cast<const std::uint32_t*>(base + L::w_off + st * L::w_tile);
-    const half_t sc = reinterpret_cast<const half_t*>(base + L::s_off + st * L::s_tile)[hk * kBN + col];
-    const std::uint8_t zp = (base + L::z_off + st * L::z_tile)[hk * kBN + col];
-    const __half s1       = *reinterpret_cast<const __half*>(&sc);
-    const __half2 scale   = __halves2half2(s1, s1);
-    const std::uint32_t zb = 0x6400u | zp;  // fp16 1024 + zero
-    const std::uint32_t zz = zb | (zb << 16);
-    const __half2 zero_1024 = *reinterpret_cast<const __half2*>(&zz);
-    unsigned char* bs = base + L::b_off + buf * L::b_tile;
-    constexpr int wpc = P::bits / 4;  // words per 8-k chunk
+    unsigned char* ws = base + L::w_off + st * L::w_tile + t * wpl * 4;
     QPROB_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int c = 4 * hk + j;
-      std::uint32_t words[wpc];
-      QPROB_UNROLL
-      for (int w = 0; w < wpc; ++w) {
-        words[w] = ws[(c * wpc + w) * kBN + col];
-      }
-      const uint4 v = dequant_chunk<P>(words, zero_1024, scale);
-      *reinterpret_cast<uint4*>(bs + swizzled(col, c)) = v;
+    for (int i = 0; i < wpl / 4; ++i) {
+      cp_async16(smem_addr(ws + 16 * i), my_codes + static_cast<std::int64_t>(kt) * 32 * wpl + 4 * i, 16);
     }
   };
 
   float acc[64];  // set by the first wgmma (accumulate = 0)
-  const int wg = t / 128;
 
-  // prologue: Stages - 1 tiles in flight, tile 0 dequantized into buffer 0
+  // prologue: Stages - 1 tiles in flight
   QPROB_UNROLL
   for (int s = 0; s < Stages - 1; ++s) {
     if (s < tiles) {
@@ -285,110 +308,264 @@ __global__ void __launch_bounds__(kThreads) int_gemm_kernel(const half_t* __rest
     }
     cp_async_commit();
   }
-  cp_async_wait<Stages - 2>();
-  __syncthreads();
-  dequant_tile(0, 0);
-
   for (int kt = 0; kt < tiles; ++kt) {
-    // tiles kt (x) and kt + 1 (words) have landed; buffer kt % 2 holds tile kt's fp16 W
-    cp_async_wait<Stages - 3>();
+    cp_async_wait<Stages - 2>();  // tile kt (own codes, own x chunks) has landed
     fence_async_smem();
-    __syncthreads();
-    const std::uint32_t xa = smem_addr(base + L::x_off + (kt % Stages) * L::x_tile + wg * (64 * 128));
-    const std::uint32_t ba = smem_addr(base + L::b_off + (kt % 2) * L::b_tile);
-    fence_accumulators(acc);
-    wgmma_fence();
-    QPROB_UNROLL
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      wgmma_m64n128k16(acc, smem_desc(xa + 32 * kk), smem_desc(ba + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    fence_accumulators(acc);
-    wgmma_wait<1>();  // this warpgroup's tile kt - 1 is done
-    __syncthreads();  // ... and the other's: stage (kt - 1) % Stages and buffer (kt + 1) % 2 are free
+    __syncthreads();              // everyone's x chunks of tile kt; everyone is past tile kt - 1's wgmma
     if (kt + Stages - 1 < tiles) {
       load_tile(kt + Stages - 1, (kt + Stages - 1) % Stages);
     }
     cp_async_commit();
-    if (kt + 1 < tiles) {
-      dequant_tile((kt + 1) % Stages, (kt + 1) % 2);
+    const int st = kt % Stages;
+    std::uint32_t words[wpl];
+    const auto* ws = reinterpret_cast<const uint4*>(base + L::w_off + st * L::w_tile + t * wpl * 4);
+    QPROB_UNROLL
+    for (int i = 0; i < wpl / 4; ++i) {
+      const uint4 v    = ws[i];
+      words[4 * i]     = v.x;
+      words[4 * i + 1] = v.y;
+      words[4 * i + 2] = v.z;
+      words[4 * i + 3] = v.w;
     }
+    const int k0   = kt * kBK;
+    const uint2 lo = my_sz[static_cast<std::int64_t>(k0 / group_width) * 8];
+    const uint2 hi = my_sz[static_cast<std::int64_t>((k0 + 32) / group_width) * 8];
+    std::uint32_t frag[4][4];
+    dequant_fragments<P>(words, lo, hi, frag);
+    const std::uint32_t xa = smem_addr(base + L::x_off + st * L::x_tile);
+    fence_fragments(frag);
+    fence_accumulators(acc);
+    wgmma_fence();
+    QPROB_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    fence_accumulators(acc);
+    // The A fragments of the next tile are registers too: no wgmma may be in flight while they are written
+    // (ptxas would serialize every wgmma). The overlap of one block's dequantization with tensor-core work
+    // comes from the other block on the SM (two per SM: __launch_bounds__(256, 2)).
+    wgmma_wait<0>();
   }
-  wgmma_wait<0>();
-  fence_accumulators(acc);
+  cp_async_wait<0>();
+  __syncthreads();  // every stage is free: the transposed output tile reuses them
 
-  // epilogue: fragment register i of thread (warp w, lane l) of the warpgroup is row 16w + l/4 + 8((i>>1)&1),
-  // column 8(i>>2) + 2(l%4) + (i&1)
-  const int w = (t % 128) / 32, l = t % 32;
+  // epilogue: accumulator i of thread (warp w of the warpgroup, lane l) is feature 16w + l/4 + 8((i>>1)&1) of
+  // the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] in shared memory, then 16-byte
+  // stores of whole rows
+  auto* out         = reinterpret_cast<half_t*>(base);
+  const int feature = wg * 64 + (warp % 4) * 16 + lane / 4;
   QPROB_UNROLL
-  for (int i = 0; i < 64; i += 2) {
-    const int r = m0 + wg * 64 + 16 * w + l / 4 + 8 * ((i >> 1) & 1);
-    const int c = n0 + 8 * (i >> 2) + 2 * (l % 4);
-    if (r < m && c < n) {
-      *reinterpret_cast<__half2*>(y + static_cast<std::int64_t>(r) * ldy + c) = __floats2half2_rn(acc[i], acc[i + 1]);
+  for (int i = 0; i < 64; ++i) {
+    const int r = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+    const int f = feature + 8 * ((i >> 1) & 1);
+    out[r * L::out_pitch + f] = qprob::detail::from_float_device<half_t>(acc[i]);
+  }
+  __syncthreads();
+  for (int idx = t; idx < kBM * (kBN / 8); idx += kThreads) {
+    const int r = idx / (kBN / 8), c = idx % (kBN / 8);
+    if (m0 + r < m && n0 + 8 * c < n) {
+      *reinterpret_cast<uint4*>(y + static_cast<std::int64_t>(m0 + r) * ldy + n0 + 8 * c) =
+          *reinterpret_cast<const uint4*>(out + r * L::out_pitch + 8 * c);
     }
   }
+}
+
+/// Repacks GPTQ codes (pack.hpp layout) into the mma layout, one thread per output word; columns of the
+/// repacked weight are the original columns in `order` (act-order: sorted by group), padded features zero.
+template <quantized_policy P>
+__global__ void repack_codes_kernel(const std::uint32_t* __restrict__ qweight, const std::int32_t* __restrict__ order, std::int64_t n,
+                                    std::int64_t k, std::uint32_t* __restrict__ out, std::int64_t total) {
+  constexpr int wpl       = mma_layout::words_per_lane<P>;
+  constexpr int per_word  = 32 / P::bits;
+  const std::int64_t tiles = k / mma_layout::kKTile;
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int w             = static_cast<int>(idx % wpl);
+    const int lane          = static_cast<int>((idx / wpl) % 32);
+    const std::int64_t kt   = (idx / wpl / 32) % tiles;
+    const std::int64_t nb   = idx / wpl / 32 / tiles;
+    std::uint32_t word      = 0;
+    for (int slot = 0; slot < per_word; ++slot) {
+      std::int64_t row = 0, col = 0;
+      mma_layout::source_of<P>(nb, kt, lane, w, slot, row, col);
+      if (row < n) {
+        const std::int64_t src = order != nullptr ? order[col] : col;
+        const std::uint32_t code = (qweight[(src / per_word) * n + row] >> (P::bits * (src % per_word))) & ((1u << P::bits) - 1u);
+        word |= code << (P::bits * slot);
+      }
+    }
+    out[idx] = word;
+  }
+}
+
+/// scale_zero[(nb * groups + grp) * 8 + g] = {scale(16 nb + g) | scale(16 nb + g + 8) << 16, the same for
+/// the fp16 1024 + zero}; padded features get scale 0 and zero 0.
+__global__ inline void repack_scale_zero_kernel(const half_t* __restrict__ scales, const std::uint8_t* __restrict__ zeros, std::int64_t n,
+                                                std::int64_t groups, uint2* __restrict__ out, std::int64_t total) {
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const int g             = static_cast<int>(idx % 8);
+    const std::int64_t grp  = (idx / 8) % groups;
+    const std::int64_t nb   = idx / 8 / groups;
+    std::uint32_t s[2] = {0, 0}, z[2] = {0x6400u, 0x6400u};
+    for (int h = 0; h < 2; ++h) {
+      const std::int64_t row = nb * mma_layout::kFeatureBlock + g + 8 * h;
+      if (row < n) {
+        s[h] = *reinterpret_cast<const std::uint16_t*>(scales + grp * n + row);
+        z[h] = 0x6400u | zeros[grp * n + row];
+      }
+    }
+    out[idx] = make_uint2(s[0] | (s[1] << 16), z[0] | (z[1] << 16));
+  }
+}
+
+/// out (M, K) = x (M, K) with columns gathered by `order` (act-order).
+__global__ inline void gather_columns_kernel(const half_t* __restrict__ x, std::int64_t ldx, const std::int32_t* __restrict__ order,
+                                             std::int64_t m, std::int64_t k, half_t* __restrict__ out) {
+  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < m * k;
+       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = idx / k, c = idx % k;
+    out[idx]             = x[r * ldx + order[c]];
+  }
+}
+
+[[nodiscard]] inline unsigned grid_for(std::int64_t items) noexcept {
+  return static_cast<unsigned>(std::min<std::int64_t>((items + 255) / 256, 65535));
 }
 
 }  // namespace gemm_detail
 
-/// Whether int_gemm runs for these arguments (see the header comment); otherwise dequantize and use cuBLAS.
+/// A weight in the mma layout on the device (see the header comment), made by repack_for_mma.
 template <quantized_policy P>
-[[nodiscard]] bool int_gemm_supported(device_view<const half_t, 2> x, device_view<const std::uint32_t, 2> qweight,
-                                      device_view<const half_t, 2> scales, device_view<const std::uint8_t, 2> zeros,
-                                      const std::int32_t* maybe_g_idx) noexcept {
+struct mma_weight {
+  device_buffer<std::uint32_t> codes;
+  device_buffer<uint2> scale_zero;
+  device_buffer<std::int32_t> order;  ///< act-order: original column of repacked column j (empty otherwise)
+  std::int64_t n = 0, k = 0, groups = 0;
+};
+
+/// Whether an (N, K) weight under P with these group indices can be repacked for int_gemm: 4 or 8 bits, fp16,
+/// K % 64 == 0, groups of a multiple of 32 or per channel, and, with g_idx, every group (but the last) exactly
+/// group-width columns (as GPTQ's act-order writes them).
+template <quantized_policy P>
+[[nodiscard]] bool mma_layout_supported(std::int64_t n, std::int64_t k, const std::vector<std::int32_t>& host_g_idx = {}) noexcept {
   if constexpr (!gemm_detail::gemm_bits<P>) {
     return false;
   } else {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      (void)cudaGetLastError();
+    if (!(n > 0 && k > 0 && k % mma_layout::kKTile == 0 && P::group_width(k) % 32 == 0 && n % 8 == 0 && k < (std::int64_t{1} << 30) &&
+          n < (std::int64_t{1} << 30))) {
       return false;
     }
-    const auto k = x.shape(1), n = qweight.shape(1);
-    const auto gw = P::group_width(k);
-    const bool layout = is_aligned(x.data(), 16) && x.stride(1) == 1 && x.stride(0) % 8 == 0 && qweight.stride(1) == 1 &&
-                        qweight.stride(0) == n && scales.stride(1) == 1 && scales.stride(0) == n && zeros.stride(1) == 1 &&
-                        zeros.stride(0) == n && is_aligned(qweight.data(), 16) && is_aligned(scales.data(), 16) &&
-                        is_aligned(zeros.data(), 8);
-    return major == 9 && minor == 0 && maybe_g_idx == nullptr && k > 0 && k % gemm_detail::kBK == 0 && gw % 32 == 0 && n % 8 == 0 &&
-           layout && k < (std::int64_t{1} << 30) && n < (std::int64_t{1} << 30) && x.shape(0) < (std::int64_t{1} << 30);
+    if (host_g_idx.empty()) {
+      return true;
+    }
+    if (static_cast<std::int64_t>(host_g_idx.size()) != k) {
+      return false;
+    }
+    std::vector<std::int64_t> count(static_cast<std::size_t>(P::groups(k)), 0);
+    for (const auto g : host_g_idx) {
+      if (g < 0 || g >= P::groups(k)) {
+        return false;
+      }
+      ++count[static_cast<std::size_t>(g)];
+    }
+    for (std::int64_t g = 0; g + 1 < P::groups(k); ++g) {
+      if (count[static_cast<std::size_t>(g)] != P::group_width(k)) {
+        return false;
+      }
+    }
+    return true;
   }
 }
 
-/// y (M, N) = x (M, K) W^T on Hopper tensor cores, W given as GPTQ codes (see the header comment). Queued on
-/// `stream`; nothing synchronizes.
-/// @throws invalid_argument for shapes that do not match or arguments int_gemm_supported refuses.
-template <quantized_policy P, int Stages = 4>
-void int_gemm(device_view<const half_t, 2> x, device_view<const std::uint32_t, 2> qweight, device_view<const half_t, 2> scales,
-              device_view<const std::uint8_t, 2> zeros, const std::int32_t* maybe_g_idx, device_view<half_t, 2> y,
-              cudaStream_t stream) {
-  static_assert(Stages >= 3, "int_gemm: the pipeline needs at least three stages");
-  const auto m = x.shape(0), k = x.shape(1), n = y.shape(1);
-  QPROB_CHECK(y.shape(0) == m, "int_gemm: y has ", y.shape(0), " rows, x has ", m);
-  QPROB_CHECK(qweight.shape(0) == P::packed_words(k) && qweight.shape(1) == n, "int_gemm: qweight is (", qweight.shape(0), ", ",
-              qweight.shape(1), "), expected (", P::packed_words(k), ", ", n, ")");
+/// Repacks a GPTQ weight (qweight (K / codes-per-word, N), scales and zeros (groups, N), optional g_idx given
+/// on the host) into the mma layout. With g_idx, columns are reordered by group (stable), so each group is
+/// contiguous; int_gemm gathers x's columns in the same order. Queued on `stream`.
+/// @throws invalid_argument when mma_layout_supported refuses.
+template <quantized_policy P>
+[[nodiscard]] mma_weight<P> repack_for_mma(device_view<const std::uint32_t, 2> qweight, device_view<const half_t, 2> scales,
+                                           device_view<const std::uint8_t, 2> zeros, const std::vector<std::int32_t>& host_g_idx,
+                                           cudaStream_t stream) {
+  const auto n = qweight.shape(1);
+  const auto k = qweight.shape(0) * (32 / P::bits);
+  QPROB_CHECK(mma_layout_supported<P>(n, k, host_g_idx), "repack_for_mma: unsupported weight (needs 4 or 8 bits, fp16, K % 64 == 0, ",
+              "groups of a multiple of 32 or per channel, N % 8 == 0, act-order groups of exactly the group width): N=", n, " K=", k);
+  QPROB_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(), "repack_for_mma: qweight, scales and zeros must be dense");
   QPROB_CHECK(scales.shape(0) == P::groups(k) && scales.shape(1) == n && zeros.shape(0) == P::groups(k) && zeros.shape(1) == n,
-              "int_gemm: scales/zeros must be (", P::groups(k), ", ", n, ")");
-  QPROB_CHECK(y.stride(1) == 1 && y.stride(0) % 2 == 0 && is_aligned(y.data(), 4), "int_gemm: y rows must be contiguous and 4-byte aligned");
-  QPROB_CHECK(int_gemm_supported<P>(x, qweight, scales, zeros, maybe_g_idx),
-              "int_gemm: unsupported arguments (needs 4 or 8 bits, no g_idx, K % 64 == 0, groups of a multiple of 32, N % 8 == 0, "
-              "aligned contiguous operands, compute capability 9.0): K=", k, " N=", n);
+              "repack_for_mma: scales/zeros must be (", P::groups(k), ", ", n, ")");
+  if constexpr (gemm_detail::gemm_bits<P>) {
+    mma_weight<P> out{device_buffer<std::uint32_t>(mma_layout::code_words<P>(n, k), stream),
+                      device_buffer<uint2>(mma_layout::scale_zero_entries(n, P::groups(k)), stream), device_buffer<std::int32_t>(), n, k,
+                      P::groups(k)};
+    if (!host_g_idx.empty()) {
+      std::vector<std::int32_t> order(static_cast<std::size_t>(k));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
+        return host_g_idx[static_cast<std::size_t>(a)] < host_g_idx[static_cast<std::size_t>(b)];
+      });
+      out.order = device_buffer<std::int32_t>(std::span<const std::int32_t>(order), stream);
+    }
+    const auto cw = out.codes.size();
+    gemm_detail::repack_codes_kernel<P><<<gemm_detail::grid_for(cw), 256, 0, stream>>>(qweight.data(), out.order.data(), n, k, out.codes.data(),
+                                                                                       cw);
+    QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
+    const auto se = out.scale_zero.size();
+    gemm_detail::repack_scale_zero_kernel<<<gemm_detail::grid_for(se), 256, 0, stream>>>(scales.data(), zeros.data(), n, P::groups(k),
+                                                                                        out.scale_zero.data(), se);
+    QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
+    return out;
+  } else {
+    return {};
+  }
+}
+
+/// Whether int_gemm runs on this device with x (aligned, contiguous rows): compute capability 9.0.
+[[nodiscard]] inline bool int_gemm_device_supported() noexcept {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
+/// y (M, N) = x (M, K) W^T on Hopper tensor cores with W repacked by repack_for_mma (see the header comment).
+/// Act-order weights gather x's columns first (into a stream-ordered scratch buffer). Queued on `stream`.
+/// @throws invalid_argument for shapes that do not match, misaligned operands or a device other than sm_90.
+template <quantized_policy P, int Stages = 4>
+void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<half_t, 2> y, cudaStream_t stream) {
+  static_assert(Stages >= 3, "int_gemm: the pipeline needs at least three stages");
+  static_assert(gemm_detail::gemm_bits<P>, "int_gemm: 4 or 8 bits, fp16");
+  const auto m = x.shape(0), k = x.shape(1), n = y.shape(1);
+  QPROB_CHECK(k == w.k && n == w.n && y.shape(0) == m, "int_gemm: x is (", m, ", ", k, "), y (", y.shape(0), ", ", n, "), the weight (", w.n,
+              ", ", w.k, ")");
+  QPROB_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && is_aligned(x.data(), 16), "int_gemm: x rows must be contiguous and 16-byte aligned");
+  QPROB_CHECK(y.stride(1) == 1 && y.stride(0) % 8 == 0 && is_aligned(y.data(), 16), "int_gemm: y rows must be contiguous and 16-byte aligned");
+  QPROB_CHECK(int_gemm_device_supported(), "int_gemm: needs a device of compute capability 9.0 (wgmma)");
   if (m == 0) {
     return;
   }
-  if constexpr (gemm_detail::gemm_bits<P>) {
-    using L      = gemm_detail::gemm_smem<P, Stages>;
-    auto* kernel = gemm_detail::int_gemm_kernel<P, Stages>;
-    QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
-    const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM),
-                    static_cast<unsigned>((n + gemm_detail::kBN - 1) / gemm_detail::kBN));
-    kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(x.data(), x.stride(0), static_cast<int>(m), static_cast<int>(k),
-                                                                    static_cast<int>(n), qweight.data(), scales.data(), zeros.data(),
-                                                                    static_cast<int>(P::group_width(k)), y.data(), y.stride(0));
+  const half_t* xp       = x.data();
+  std::int64_t ldx       = x.stride(0);
+  device_buffer<half_t> gathered;
+  if (w.order.size() > 0) {
+    gathered = device_buffer<half_t>(m * k, stream);
+    gemm_detail::gather_columns_kernel<<<gemm_detail::grid_for(m * k), 256, 0, stream>>>(x.data(), x.stride(0), w.order.data(), m, k,
+                                                                                         gathered.data());
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
+    xp  = gathered.data();
+    ldx = k;
   }
+  using L      = gemm_detail::gemm_smem<P, Stages>;
+  auto* kernel = gemm_detail::int_gemm_kernel<P, Stages>;
+  QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
+  const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM), static_cast<unsigned>(mma_layout::padded_features(n) / gemm_detail::kBN));
+  kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(xp, ldx, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n),
+                                                                  w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
+                                                                  static_cast<int>(P::group_width(k)), y.data(), y.stride(0));
+  QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
 
 }  // namespace qprob::quant

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// int_gemm (quant/gemm.cuh, the fused prefill GEMM on wgmma) against a double-precision host product with the
-// host-dequantized fp16 weights (reference::rtn_quantize codes; scale * (code - zero) rounded to fp16, as the
-// engine's dequantized forward uses them): 4 and 8 bits, symmetric and asymmetric, groups 32 / 128 / per
-// channel, M and N with partial 128-tiles (M = 1, 77, 300; N = 136, 1000), K of one to many 64-wide k tiles
-// (the pipeline's prologue, steady state and drain), a row stride larger than K. Outputs are poisoned first.
+// int_gemm (quant/gemm.cuh, the fused prefill GEMM on wgmma, weights repacked by repack_for_mma) against a
+// double-precision host product with the host-dequantized fp16 weights (reference::rtn_quantize codes; scale *
+// (code - zero) rounded to fp16, as the engine's dequantized forward uses them): 4 and 8 bits, symmetric and
+// asymmetric, groups 32 / 64 / 128 / per channel, act-order g_idx (every group exactly group-width columns, in a
+// random order, as GPTQ writes them), M and N with partial 128-tiles (M = 1, 77, 300; N = 136, 1000), K of one
+// to many 64-wide k tiles (the pipeline's prologue, steady state and drain, both register sets), a row stride
+// larger than K. Outputs are poisoned first.
 //
 // Tolerance as tests/unit/quant/test_gemv_gpu.cu: float32 accumulation (~sqrt(K) 2^-24 relative) and one fp16
 // rounding (2^-11 relative): |y - y_ref| <= 2^-10 |y_ref| + 1e-4 rms(y_ref). A wrong swizzle, descriptor, k
@@ -17,6 +19,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
+#include <numeric>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -30,17 +34,27 @@ namespace p = qprob::policies;
 namespace {
 
 template <class P, int Stages = 4>
-void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx) {
+void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx, bool act_order = false) {
   std::normal_distribution<double> nd(0.0, 1.0);
   std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
   for (auto& v : w) {
     v = qprob::to_half(0.05 * nd(rng));
   }
   const auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  std::vector<std::int32_t> g_idx;
+  if (act_order) {  // GPTQ's act-order: column perm[i] belongs to group i / group_width
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    g_idx.resize(static_cast<std::size_t>(k));
+    for (std::int64_t i = 0; i < k; ++i) {
+      g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] = static_cast<std::int32_t>(i / P::group_width(k));
+    }
+  }
   std::vector<double> deq(static_cast<std::size_t>(n * k));
   for (std::int64_t row = 0; row < n; ++row) {
     for (std::int64_t col = 0; col < k; ++col) {
-      const auto grp = col / P::group_width(k);
+      const auto grp = g_idx.empty() ? col / P::group_width(k) : g_idx[static_cast<std::size_t>(col)];
       const auto block = col / P::pack_block_values;
       std::uint32_t blk[P::pack_block_words];
       for (int ww = 0; ww < P::pack_block_words; ++ww) {
@@ -67,8 +81,9 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   const auto qv = std::as_const(d_q).view(P::packed_words(k), n);
   const auto sv = std::as_const(d_s).view(P::groups(k), n);
   const auto zv = std::as_const(d_z).view(P::groups(k), n);
-  REQUIRE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
-  qprob::quant::int_gemm<P, Stages>(xv, qv, sv, zv, nullptr, d_y.view(m, n), s);
+  REQUIRE(qprob::quant::mma_layout_supported<P>(n, k, g_idx));
+  const auto mw = qprob::quant::repack_for_mma<P>(qv, sv, zv, g_idx, s);
+  qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s);
   const auto y = d_y.to_host();
   std::vector<double> ref(static_cast<std::size_t>(m * n));
   double rms = 0;
@@ -94,6 +109,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   }
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(Stages);
+  CAPTURE(act_order);
   CAPTURE(m);
   CAPTURE(n);
   CAPTURE(k);
@@ -116,33 +132,35 @@ TEST_CASE("int_gemm equals the dequantized product: 4 and 8 bits, sym/asym, grou
   check_gemm<p::int8_g128>(rng, 150, 264, 640, 640);      // 16 word rows per k tile
   check_gemm<p::int4_g64_asym>(rng, 33, 128, 256, 256);
   check_gemm<p::int8_pc>(rng, 40, 136, 192, 192);
+  check_gemm<p::int4_g128_act>(rng, 140, 264, 1024, 1024, true);  // act-order: K permuted at repack, x gathered
+  check_gemm<p::int4_g32>(rng, 16, 128, 640, 640, true);
 }
 
-TEST_CASE("int_gemm refuses what it does not support, with the reason") {
+TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the reason") {
+  using P = p::int4_g128;
+  CHECK_FALSE(qprob::quant::mma_layout_supported<P>(128, 96));          // K not a multiple of 64
+  CHECK_FALSE(qprob::quant::mma_layout_supported<P>(130, 128));         // N not a multiple of 8
+  CHECK_FALSE(qprob::quant::mma_layout_supported<p::int3_g128>(128, 256));
+  CHECK_FALSE(qprob::quant::mma_layout_supported<p::int4_g128_bf16>(128, 256));
+  CHECK(qprob::quant::mma_layout_supported<P>(128, 256));
+  std::vector<std::int32_t> uneven(256, 0);  // act-order groups must hold exactly group-width columns
+  uneven[255] = 1;
+  CHECK_FALSE(qprob::quant::mma_layout_supported<P>(128, 256, uneven));
   cudaStream_t s = nullptr;
-  using P        = p::int4_g128;
-  const std::int64_t m = 4, n = 128;
-  for (std::int64_t k : {96, 256}) {
-    qprob::device_buffer<qprob::half_t> x(m * k, s), y(m * n, s);
-    qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
-    qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
-    qprob::device_buffer<std::uint8_t> z(P::groups(k) * n, s);
-    qprob::device_buffer<std::int32_t> g(k, s);
-    const auto xv = std::as_const(x).view(m, k);
-    const auto qv = std::as_const(q).view(P::packed_words(k), n);
-    const auto sv = std::as_const(sc).view(P::groups(k), n);
-    const auto zv = std::as_const(z).view(P::groups(k), n);
-    if (k == 96) {  // K not a multiple of 64
-      CHECK_FALSE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
-      CHECK_THROWS_AS(qprob::quant::int_gemm<P>(xv, qv, sv, zv, nullptr, y.view(m, n), s), qprob::invalid_argument);
-    } else {  // act-order g_idx: permuted at load time, not gathered here
-      CHECK(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, nullptr));
-      CHECK_FALSE(qprob::quant::int_gemm_supported<P>(xv, qv, sv, zv, g.data()));
-      CHECK_THROWS_AS(qprob::quant::int_gemm<P>(xv, qv, sv, zv, g.data(), y.view(m, n), s), qprob::invalid_argument);
-    }
-  }
-  CHECK_FALSE(qprob::quant::int_gemm_supported<p::int3_g128>(
-      qprob::device_view<const qprob::half_t, 2>(nullptr, {4, 256}, {256, 1}), qprob::device_view<const std::uint32_t, 2>(nullptr, {24, 128}, {128, 1}),
-      qprob::device_view<const qprob::half_t, 2>(nullptr, {2, 128}, {128, 1}), qprob::device_view<const std::uint8_t, 2>(nullptr, {2, 128}, {128, 1}),
-      nullptr));
+  const std::int64_t k = 96, n = 128, m = 4;
+  qprob::device_buffer<std::uint32_t> q(P::packed_words(k) * n, s);
+  qprob::device_buffer<qprob::half_t> sc(P::groups(k) * n, s);
+  qprob::device_buffer<std::uint8_t> z(P::groups(k) * n, s);
+  CHECK_THROWS_AS((void)qprob::quant::repack_for_mma<P>(std::as_const(q).view(P::packed_words(k), n), std::as_const(sc).view(P::groups(k), n),
+                                                        std::as_const(z).view(P::groups(k), n), {}, s),
+                  qprob::invalid_argument);
+  // shapes that do not match the repacked weight
+  const std::int64_t k2 = 128;
+  qprob::device_buffer<std::uint32_t> q2(P::packed_words(k2) * n, s);
+  qprob::device_buffer<qprob::half_t> sc2(P::groups(k2) * n, s);
+  qprob::device_buffer<std::uint8_t> z2(P::groups(k2) * n, s);
+  const auto mw = qprob::quant::repack_for_mma<P>(std::as_const(q2).view(P::packed_words(k2), n), std::as_const(sc2).view(P::groups(k2), n),
+                                                  std::as_const(z2).view(P::groups(k2), n), {}, s);
+  qprob::device_buffer<qprob::half_t> x(m * 2 * k2, s), y(m * n, s);
+  CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, 2 * k2), mw, y.view(m, n), s), qprob::invalid_argument);
 }
