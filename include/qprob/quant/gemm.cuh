@@ -114,7 +114,9 @@ inline constexpr bool gemm_bits = (P::bits == 4 || P::bits == 8) && std::is_same
 template <quantized_policy P, int Stages>
 struct gemm_smem {
   static constexpr int x_tile       = kBM * kBK * 2;  // 16 KB of x per stage (128-byte swizzled rows)
-  static constexpr int w_tile       = kThreads * mma_layout::words_per_lane<P> * 4;  // each thread's codes
+  static constexpr int code_bytes   = mma_layout::words_per_lane<P> * 4;  // each thread's own codes ...
+  static constexpr int sz_off       = kThreads * code_bytes;                // ... then each thread's 2 scale/zero entries
+  static constexpr int w_tile       = sz_off + kThreads * 16;
   static constexpr int x_off        = 0;
   static constexpr int w_off        = Stages * x_tile;
   static constexpr int bytes        = w_off + Stages * w_tile;
@@ -141,6 +143,9 @@ QPROB_DEVICE QPROB_FORCEINLINE std::uint64_t smem_desc(std::uint32_t addr) {
 
 QPROB_DEVICE QPROB_FORCEINLINE void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+QPROB_DEVICE QPROB_FORCEINLINE void cp_async8(std::uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
 }
 QPROB_DEVICE QPROB_FORCEINLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int Pending>
@@ -291,11 +296,15 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
       const half_t* src = x + static_cast<std::int64_t>(in ? m0 + r : 0) * ldx + kt * kBK + c * 8;
       cp_async16(smem_addr(xs + swizzled(r, c)), src, in ? 16 : 0);
     }
-    unsigned char* ws = base + L::w_off + st * L::w_tile + t * wpl * 4;
+    unsigned char* ws = base + L::w_off + st * L::w_tile;
     QPROB_UNROLL
     for (int i = 0; i < wpl / 4; ++i) {
-      cp_async16(smem_addr(ws + 16 * i), my_codes + static_cast<std::int64_t>(kt) * 32 * wpl + 4 * i, 16);
+      cp_async16(smem_addr(ws + t * L::code_bytes + 16 * i), my_codes + static_cast<std::int64_t>(kt) * 32 * wpl + 4 * i, 16);
     }
+    // the scale / zero entries of the tile's two 32-column halves (the same group unless groups are 32 wide)
+    const int k0 = kt * kBK;
+    cp_async8(smem_addr(ws + L::sz_off + t * 16), my_sz + static_cast<std::int64_t>(k0 / group_width) * 8);
+    cp_async8(smem_addr(ws + L::sz_off + t * 16 + 8), my_sz + static_cast<std::int64_t>((k0 + 32) / group_width) * 8);
   };
 
   float acc[64];  // set by the first wgmma (accumulate = 0)
@@ -318,7 +327,8 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
     cp_async_commit();
     const int st = kt % Stages;
     std::uint32_t words[wpl];
-    const auto* ws = reinterpret_cast<const uint4*>(base + L::w_off + st * L::w_tile + t * wpl * 4);
+    const unsigned char* wst = base + L::w_off + st * L::w_tile;
+    const auto* ws           = reinterpret_cast<const uint4*>(wst + t * L::code_bytes);
     QPROB_UNROLL
     for (int i = 0; i < wpl / 4; ++i) {
       const uint4 v    = ws[i];
@@ -327,9 +337,9 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
       words[4 * i + 2] = v.z;
       words[4 * i + 3] = v.w;
     }
-    const int k0   = kt * kBK;
-    const uint2 lo = my_sz[static_cast<std::int64_t>(k0 / group_width) * 8];
-    const uint2 hi = my_sz[static_cast<std::int64_t>((k0 + 32) / group_width) * 8];
+    const uint4 sz = *reinterpret_cast<const uint4*>(wst + L::sz_off + t * 16);
+    const uint2 lo = make_uint2(sz.x, sz.y);
+    const uint2 hi = make_uint2(sz.z, sz.w);
     std::uint32_t frag[4][4];
     dequant_fragments<P>(words, lo, hi, frag);
     const std::uint32_t xa = smem_addr(base + L::x_off + st * L::x_tile);
