@@ -105,22 +105,30 @@ def hellaswag_table(merged):
 
 
 def gemv_table(merged):
-    """int GEMV (bench_gemv) against cuBLAS fp16 on the same shape, from the same run: the speedup per shape."""
+    """int GEMV and prefill GEMM (bench_gemv) against cuBLAS fp16 on the same shape, from the same run: the speedup
+    per shape (GEMV rows against BM_cublas_fp16, GEMM and dequantize + cuBLAS rows against BM_cublas_fp16_gemm)."""
     bench = [b for b in merged.get("bench_gemv", {}).get("benchmarks", []) if b.get("run_type") != "aggregate"]
     if not bench:
         return
     def key(name):  # "BM_int_gemv<qprob::policies::int4_g128>/16/11008/4096/manual_time" -> (kind, "16/11008/4096")
         parts = name.split("/")
         return parts[0], "/".join(p for p in parts[1:] if p != "manual_time")
-    cublas = {key(b["name"])[1]: b["real_time"] for b in bench if key(b["name"])[0] == "BM_cublas_fp16"}
-    print(f"\n{'int GEMV vs cuBLAS fp16 (M/N/K)':<56}{'time':>10}{'cuBLAS':>10}{'speedup':>9}  (goal >= 3.5x, M <= 16)")
-    for b in bench:
-        kind, shape = key(b["name"])
-        if kind == "BM_cublas_fp16" or shape not in cublas or b.get("error_occurred") or not b.get("real_time"):
-            continue  # skipped benchmarks (a variant's row count out of range) have no time
-        policy = kind.split("::")[-1].rstrip(">") if "::" in kind else kind
-        t = b["real_time"]
-        print(f"{policy + ' ' + shape:<56}{t:>10.2f}{cublas[shape]:>10.2f}{cublas[shape] / t:>8.2f}x")
+    references = ("BM_cublas_fp16", "BM_cublas_fp16_gemm")
+    cublas = {ref: {key(b["name"])[1]: b["real_time"] for b in bench if key(b["name"])[0] == ref} for ref in references}
+    sections = (("int GEMV vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16", "goal >= 3.5x, M <= 16", ("BM_int_gemv", "BM_int4_gemv_variant")),
+                ("int GEMM vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16_gemm", "goal >= 0.8x, M >= 512", ("BM_int_gemm", "BM_dequant_cublas")))
+    for title, ref, goal, prefixes in sections:
+        rows = []
+        for b in bench:
+            kind, shape = key(b["name"])
+            if not kind.startswith(prefixes) or shape not in cublas[ref] or b.get("error_occurred") or not b.get("real_time"):
+                continue  # skipped benchmarks (a variant's row count out of range) have no time
+            policy = kind.split("::")[-1].rstrip(">") if "::" in kind else kind
+            rows.append((policy + " " + shape, b["real_time"], cublas[ref][shape]))
+        if rows:
+            print(f"\n{title:<56}{'time':>10}{'cuBLAS':>10}{'speedup':>9}  ({goal})")
+            for label, t, c in rows:
+                print(f"{label:<56}{t:>10.2f}{c:>10.2f}{c / t:>8.2f}x")
 
 
 def main():
