@@ -45,6 +45,27 @@ const std::vector<qprob::half_t>& random_half(std::int64_t count, std::uint64_t 
   return v;
 }
 
+/// y (m x n) = x (m x k) w^T with cuBLAS fp16 (float32 accumulation), as the engine calls it.
+void cublas_product(qprob::cublas_handle& blas, const qprob::half_t* w, const qprob::half_t* x, qprob::half_t* y, std::int64_t m,
+                    std::int64_t n, std::int64_t k) {
+  const float alpha = 1.0f, beta = 0.0f;
+  QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                                w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F, static_cast<int>(k), &beta, y, CUDA_R_16F,
+                                static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/// Whether two fp16 results agree within 2e-3 relative to max(1, |reference|) (the checks before timing).
+bool agree(const qprob::device_buffer<qprob::half_t>& got, const qprob::device_buffer<qprob::half_t>& reference) {
+  const auto a = got.to_host(), b = reference.to_host();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const float u = qprob::to_float(a[i]), v = qprob::to_float(b[i]);
+    if (!(std::fabs(u - v) <= 2e-3f * std::max(1.0f, std::fabs(v)))) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void BM_cublas_fp16(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   qprob::stream s;
@@ -52,13 +73,7 @@ void BM_cublas_fp16(benchmark::State& state) {
   const auto &hw = random_half(n * k, 1), &hx = random_half(m * k, 2);
   qprob::device_buffer<qprob::half_t> w(std::span<const qprob::half_t>(hw), s), x(std::span<const qprob::half_t>(hx), s);
   qprob::device_buffer<qprob::half_t> y(m * n, s);
-  const float alpha = 1.0f, beta = 0.0f;
-  qprob::bench::time_iterations(state, s, [&] {
-    QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                                  static_cast<int>(k), &alpha, w.data(), CUDA_R_16F, static_cast<int>(k), x.data(), CUDA_R_16F,
-                                  static_cast<int>(k), &beta, y.data(), CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
-  });
+  qprob::bench::time_iterations(state, s, [&] { cublas_product(blas, w.data(), x.data(), y.data(), m, n, k); });
   const double bytes = static_cast<double>(n * k + m * k + m * n) * 2.0;
   state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["frac_of_copy"] =
@@ -132,13 +147,9 @@ void BM_int4_gemv_variant(benchmark::State& state) {
   // (float32 partial sums, one fp16 rounding), far inside 2e-3 relative; a wrong variant is reported, not timed.
   run();
   in.int_gemv(y_ref, ws, s);
-  const auto a = y.to_host(), b = y_ref.to_host();
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const float u = qprob::to_float(a[i]), v = qprob::to_float(b[i]);
-    if (!(std::fabs(u - v) <= 2e-3f * std::max(1.0f, std::fabs(v)))) {
-      state.SkipWithError("variant disagrees with int_gemv");
-      return;
-    }
+  if (!agree(y, y_ref)) {
+    state.SkipWithError("variant disagrees with int_gemv");
+    return;
   }
   qprob::bench::time_iterations(state, s, run);
   state.counters["GB/s"] = benchmark::Counter(in.bytes(), benchmark::Counter::kIsIterationInvariantRate);
@@ -165,19 +176,12 @@ void BM_int_gemm(benchmark::State& state) {
   qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s), w(n * k, s);
   qprob::cublas_handle blas(s.get());
   qprob::quant::dequantize<P>(qv, sv, zv, nullptr, w.view(n, k), s);
-  const float alpha = 1.0f, beta = 0.0f;
-  QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                                w.data(), CUDA_R_16F, static_cast<int>(k), in.x.data(), CUDA_R_16F, static_cast<int>(k), &beta, y_ref.data(),
-                                CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  cublas_product(blas, w.data(), in.x.data(), y_ref.data(), m, n, k);
   const auto run = [&] { qprob::quant::int_gemm<P, Stages>(in.x.view(m, k), mw, y.view(m, n), s); };
   run();
-  const auto a = y.to_host(), b = y_ref.to_host();
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const float u = qprob::to_float(a[i]), v = qprob::to_float(b[i]);
-    if (!(std::fabs(u - v) <= 2e-3f * std::max(1.0f, std::fabs(v)))) {
-      state.SkipWithError("int_gemm disagrees with cuBLAS on the dequantized weight");
-      return;
-    }
+  if (!agree(y, y_ref)) {
+    state.SkipWithError("int_gemm disagrees with cuBLAS on the dequantized weight");
+    return;
   }
   qprob::bench::time_iterations(state, s, run);
   state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
@@ -191,13 +195,10 @@ void BM_dequant_cublas(benchmark::State& state) {
   const gemv_inputs<P> in(m, n, k, s);
   qprob::device_buffer<qprob::half_t> y(m * n, s), w(n * k, s);
   qprob::cublas_handle blas(s.get());
-  const float alpha = 1.0f, beta = 0.0f;
   qprob::bench::time_iterations(state, s, [&] {
     qprob::quant::dequantize<P>(in.q.view(P::packed_words(k), n), in.sc.view(P::groups(k), n), in.z.view(P::groups(k), n), nullptr,
                                 w.view(n, k), s);
-    QPROB_CUBLAS_TRY(cublasGemmEx(blas.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                                  w.data(), CUDA_R_16F, static_cast<int>(k), in.x.data(), CUDA_R_16F, static_cast<int>(k), &beta, y.data(),
-                                  CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublas_product(blas, w.data(), in.x.data(), y.data(), m, n, k);
   });
   state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
 }

@@ -7,9 +7,9 @@
 // to many 64-wide k tiles (the pipeline's prologue, steady state and drain, both register sets), a row stride
 // larger than K. Outputs are poisoned first.
 //
-// Tolerance as tests/unit/quant/test_gemv_gpu.cu: float32 accumulation (~sqrt(K) 2^-24 relative) and one fp16
-// rounding (2^-11 relative): |y - y_ref| <= 2^-10 |y_ref| + 1e-4 rms(y_ref). A wrong swizzle, descriptor, k
-// step, code, scale, zero, group or fragment position gives errors of order rms(y) / sqrt(K) or more.
+// Tolerance (tests/unit/quant/product_check.hpp): float32 accumulation and one fp16 rounding, |y - y_ref| <=
+// 2^-10 |y_ref| + 1e-4 rms(y_ref); a wrong swizzle, descriptor, k step, code, scale, zero, group or fragment
+// position gives errors of order rms(y) / sqrt(K) or more.
 #include <qprob/core/device_buffer.hpp>
 #include <qprob/policy/presets.hpp>
 #include <qprob/quant/gemm.cuh>
@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "product_check.hpp"
 #include "support.hpp"
 
 namespace p = qprob::policies;
@@ -51,21 +52,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
       g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] = static_cast<std::int32_t>(i / P::group_width(k));
     }
   }
-  std::vector<double> deq(static_cast<std::size_t>(n * k));
-  for (std::int64_t row = 0; row < n; ++row) {
-    for (std::int64_t col = 0; col < k; ++col) {
-      const auto grp = g_idx.empty() ? col / P::group_width(k) : g_idx[static_cast<std::size_t>(col)];
-      const auto block = col / P::pack_block_values;
-      std::uint32_t blk[P::pack_block_words];
-      for (int ww = 0; ww < P::pack_block_words; ++ww) {
-        blk[ww] = q.qweight[static_cast<std::size_t>((block * P::pack_block_words + ww) * n + row)];
-      }
-      const auto code = qprob::quant::unpack_code<P>(blk, static_cast<int>(col % P::pack_block_values));
-      const double s  = qprob::to_double(q.scales[static_cast<std::size_t>(grp * n + row)]);
-      const double z  = q.zeros[static_cast<std::size_t>(grp * n + row)];
-      deq[static_cast<std::size_t>(row * k + col)] = qprob::to_double(qprob::to_half(s * (static_cast<double>(code) - z)));
-    }
-  }
+  const auto deq = qprob::test::dequantized_weight<P>(q, n, k, g_idx);
   std::vector<qprob::half_t> x(static_cast<std::size_t>(m * ldx));
   for (auto& v : x) {
     v = qprob::to_half(nd(rng));
@@ -85,28 +72,8 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   const auto mw = qprob::quant::repack_for_mma<P>(qv, sv, zv, g_idx, s);
   qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s);
   const auto y = d_y.to_host();
-  std::vector<double> ref(static_cast<std::size_t>(m * n));
-  double rms = 0;
-  for (std::int64_t r = 0; r < m; ++r) {
-    for (std::int64_t c = 0; c < n; ++c) {
-      double acc = 0;
-      for (std::int64_t i = 0; i < k; ++i) {
-        acc += qprob::to_double(x[static_cast<std::size_t>(r * ldx + i)]) * deq[static_cast<std::size_t>(c * k + i)];
-      }
-      ref[static_cast<std::size_t>(r * n + c)] = acc;
-      rms += acc * acc;
-    }
-  }
-  rms = std::sqrt(rms / static_cast<double>(ref.size()));
-  REQUIRE(rms > 0.0);
-  std::size_t bad = 0;
   double worst    = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double got = qprob::to_double(y[i]);
-    const double err = std::abs(got - ref[i]);
-    worst            = std::max(worst, err / rms);
-    bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-4 * rms) ? 1 : 0;
-  }
+  const auto bad  = qprob::test::product_errors(x, ldx, deq, y, m, n, k, worst);
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(Stages);
   CAPTURE(act_order);

@@ -4,11 +4,7 @@
 // uses them): every row count 1..16, both kernels (tensor cores: 2/4/8 bits, natural groups, N % 4 == 0; generic:
 // 3 bits, act-order g_idx, odd N), N with a partial 32-column tile, K with a partial last group, several
 // split-K slices and a partial last chunk of word rows. Outputs are poisoned first.
-//
-// Tolerance: the kernels accumulate in float32 (relative error ~ sqrt(K) * 2^-24 per output, far below) and
-// round the result to fp16 once (2^-11 relative), so |y - y_ref| <= 2^-10 * |y_ref| + 1e-4 * rms(y_ref) covers
-// the rounding with margin while any wrong code, scale, zero, group or pairing of x with W (errors of order
-// |w| * |x|, i.e. of order rms(y) / sqrt(K) or more) fails it.
+// Tolerance: tests/unit/quant/product_check.hpp.
 #include <qprob/policy/presets.hpp>
 #include <qprob/quant/gemv.cuh>
 #include <qprob/reference/rtn.hpp>
@@ -20,6 +16,7 @@
 #include <random>
 #include <vector>
 
+#include "product_check.hpp"
 #include "support.hpp"
 
 namespace p = qprob::policies;
@@ -42,23 +39,7 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
       g_idx.push_back(g(rng));
     }
   }
-  // Host dequantized weights, as the reference defines them (scale * (code - zero), in double).
-  std::vector<double> deq(static_cast<std::size_t>(n * k));
-  for (std::int64_t row = 0; row < n; ++row) {
-    for (std::int64_t col = 0; col < k; ++col) {
-      const auto grp   = g_idx.empty() ? col / P::group_width(k) : g_idx[static_cast<std::size_t>(col)];
-      const auto block = col / P::pack_block_values;
-      const std::uint32_t* words = q.qweight.data();
-      std::uint32_t blk[P::pack_block_words];
-      for (int ww = 0; ww < P::pack_block_words; ++ww) {
-        blk[ww] = words[(block * P::pack_block_words + ww) * n + row];
-      }
-      const auto code  = qprob::quant::unpack_code<P>(blk, static_cast<int>(col % P::pack_block_values));
-      const double s   = qprob::to_double(q.scales[static_cast<std::size_t>(grp * n + row)]);
-      const double z   = q.zeros[static_cast<std::size_t>(grp * n + row)];
-      deq[static_cast<std::size_t>(row * k + col)] = qprob::to_double(qprob::to_half(s * (static_cast<double>(code) - z)));
-    }
-  }
+  const auto deq = qprob::test::dequantized_weight<P>(q, n, k, g_idx);
   cudaStream_t s = nullptr;
   qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
   qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
@@ -81,28 +62,8 @@ void check_policy(std::mt19937_64& rng, std::int64_t n, std::int64_t k, bool shu
     CHECK(qprob::quant::int_gemv_path_for<P>(xv, qv, sv, zv, gv) == expected);
     qprob::quant::int_gemv<P>(xv, qv, sv, zv, gv, d_y.view(rows, n), ws.data(), s);
     const auto y = d_y.to_host();
-    double rms = 0;
-    std::vector<double> ref(static_cast<std::size_t>(rows * n));
-    for (std::int64_t m = 0; m < rows; ++m) {
-      for (std::int64_t c = 0; c < n; ++c) {
-        double acc = 0;
-        for (std::int64_t i = 0; i < k; ++i) {
-          acc += qprob::to_double(x[static_cast<std::size_t>(m * k + i)]) * deq[static_cast<std::size_t>(c * k + i)];
-        }
-        ref[static_cast<std::size_t>(m * n + c)] = acc;
-        rms += acc * acc;
-      }
-    }
-    rms = std::sqrt(rms / static_cast<double>(ref.size()));
-    REQUIRE(rms > 0.0);
-    std::size_t bad = 0;
     double worst    = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) {
-      const double got = qprob::to_double(y[i]);
-      const double err = std::abs(got - ref[i]);
-      worst            = std::max(worst, err / rms);
-      bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-4 * rms) ? 1 : 0;
-    }
+    const auto bad  = qprob::test::product_errors(x, k, deq, y, rows, n, k, worst);
     CAPTURE(qprob::policy_name<P>());
     CAPTURE(rows);
     CAPTURE(n);
