@@ -10,6 +10,7 @@
 //   bench_gemv --benchmark_min_time=0.2s
 #include <qprob/core/cublas.hpp>
 #include <qprob/policy/presets.hpp>
+#include <qprob/quant/act_order.cuh>
 #include <qprob/quant/gemm.cuh>
 #include <qprob/quant/gemv.cuh>
 #include <qprob/quant/rtn.cuh>
@@ -19,7 +20,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <random>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -157,6 +160,47 @@ void BM_int4_gemv_variant(benchmark::State& state) {
       benchmark::Counter(in.bytes() / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Act-order (GPTQ desc_act g_idx: a random column permutation, exactly group-size columns per group): Reordered
+/// = 0 runs int_gemv with g_idx (its generic path, a group lookup per column); 1 reorders the codes by group once
+/// (order_codes_by_group, not timed) and times the gather of x's columns plus the tensor-core path. Both are
+/// checked against each other before timing.
+template <int Reordered>
+void BM_int4_gemv_act_order(benchmark::State& state) {
+  using P      = p::int4_g128_act;
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  qprob::stream s;
+  const gemv_inputs<P> in(m, n, k, s);
+  std::vector<std::int32_t> perm(static_cast<std::size_t>(k)), g_idx(static_cast<std::size_t>(k));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64(3));
+  for (std::int64_t i = 0; i < k; ++i) {
+    g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] = static_cast<std::int32_t>(i / P::group_width(k));
+  }
+  const qprob::device_buffer<std::int32_t> d_g(std::span<const std::int32_t>(g_idx), s);
+  const auto qv = in.q.view(P::packed_words(k), n);
+  const auto sv = in.sc.view(P::groups(k), n);
+  const auto zv = in.z.view(P::groups(k), n);
+  const auto ordered = qprob::quant::order_codes_by_group<P>(qv, g_idx, s);
+  qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s);
+  qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(m, k, n), s);
+  const auto generic = [&](qprob::device_buffer<qprob::half_t>& out) {
+    qprob::quant::int_gemv<P>(in.x.view(m, k), qv, sv, zv, d_g.data(), out.view(m, n), ws.data(), s);
+  };
+  const auto reordered = [&](qprob::device_buffer<qprob::half_t>& out) {
+    const auto xg = qprob::quant::gather_columns(in.x.view(m, k), ordered.order.data(), s);
+    qprob::quant::int_gemv<P>(std::as_const(xg).view(m, k), std::as_const(ordered.qweight).view(P::packed_words(k), n), sv, zv, nullptr,
+                              out.view(m, n), ws.data(), s);
+  };
+  generic(y_ref);
+  reordered(y);
+  if (!agree(y, y_ref)) {
+    state.SkipWithError("reordered act-order GEMV disagrees with the g_idx path");
+    return;
+  }
+  qprob::bench::time_iterations(state, s, [&] { Reordered ? reordered(y) : generic(y); });
+  state.counters["GB/s"] = benchmark::Counter(in.bytes(), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 /// The fused prefill GEMM (int_gemm on the repacked weight, `Stages` shared-memory stages), checked before timing against cuBLAS on the
 /// dequantized weights (the same fp16 operands; float32 accumulation in a different order, one fp16 rounding
 /// each: far inside 2e-3 relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed.
@@ -219,6 +263,9 @@ QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 3));
 QPROB_GEMV_SHAPES(BENCHMARK(BM_cublas_fp16));
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int4_g128));
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int8_g128));
+
+BENCHMARK_TEMPLATE(BM_int4_gemv_act_order, 0)->Args({1, 11008, 4096})->Args({16, 11008, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_int4_gemv_act_order, 1)->Args({1, 11008, 4096})->Args({16, 11008, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 #define QPROB_GEMM_SHAPES(B)                                                                                       \
   B->Args({512, 11008, 4096})->Args({512, 4096, 11008})->Args({512, 4096, 4096})->Args({1024, 11008, 4096})       \

@@ -115,7 +115,7 @@ def gemv_table(merged):
         return parts[0], "/".join(p for p in parts[1:] if p != "manual_time")
     references = ("BM_cublas_fp16", "BM_cublas_fp16_gemm")
     cublas = {ref: {key(b["name"])[1]: b["real_time"] for b in bench if key(b["name"])[0] == ref} for ref in references}
-    sections = (("int GEMV vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16", "goal >= 3.5x, M <= 16", ("BM_int_gemv", "BM_int4_gemv_variant")),
+    sections = (("int GEMV vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16", "goal >= 3.5x, M <= 16", ("BM_int_gemv", "BM_int4_gemv_variant", "BM_int4_gemv_act_order")),
                 ("int GEMM vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16_gemm", "goal >= 0.8x, M >= 512", ("BM_int_gemm", "BM_dequant_cublas")))
     for title, ref, goal, prefixes in sections:
         rows = []

@@ -37,6 +37,7 @@
 #include <qprob/core/numeric.cuh>
 #include <qprob/core/tensor_view.hpp>
 #include <qprob/policy/precision.hpp>
+#include <qprob/quant/act_order.cuh>
 #include <qprob/quant/pack.hpp>
 
 #include <cuda_fp16.h>
@@ -44,7 +45,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -430,16 +430,6 @@ __global__ inline void repack_scale_zero_kernel(const half_t* __restrict__ scale
   }
 }
 
-/// out (M, K) = x (M, K) with columns gathered by `order` (act-order).
-__global__ inline void gather_columns_kernel(const half_t* __restrict__ x, std::int64_t ldx, const std::int32_t* __restrict__ order,
-                                             std::int64_t m, std::int64_t k, half_t* __restrict__ out) {
-  for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < m * k;
-       idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = idx / k, c = idx % k;
-    out[idx]             = x[r * ldx + order[c]];
-  }
-}
-
 [[nodiscard]] inline unsigned grid_for(std::int64_t items) noexcept {
   return static_cast<unsigned>(std::min<std::int64_t>((items + 255) / 256, 65535));
 }
@@ -459,7 +449,7 @@ struct mma_weight {
 /// K % 64 == 0, groups of a multiple of 32 or per channel, and, with g_idx, every group (but the last) exactly
 /// group-width columns (as GPTQ's act-order writes them).
 template <quantized_policy P>
-[[nodiscard]] bool mma_layout_supported(std::int64_t n, std::int64_t k, const std::vector<std::int32_t>& host_g_idx = {}) noexcept {
+[[nodiscard]] bool mma_layout_supported(std::int64_t n, std::int64_t k, const std::vector<std::int32_t>& host_g_idx = {}) {
   if constexpr (!gemm_detail::gemm_bits<P>) {
     return false;
   } else {
@@ -467,25 +457,7 @@ template <quantized_policy P>
           n < (std::int64_t{1} << 30))) {
       return false;
     }
-    if (host_g_idx.empty()) {
-      return true;
-    }
-    if (static_cast<std::int64_t>(host_g_idx.size()) != k) {
-      return false;
-    }
-    std::vector<std::int64_t> count(static_cast<std::size_t>(P::groups(k)), 0);
-    for (const auto g : host_g_idx) {
-      if (g < 0 || g >= P::groups(k)) {
-        return false;
-      }
-      ++count[static_cast<std::size_t>(g)];
-    }
-    for (std::int64_t g = 0; g + 1 < P::groups(k); ++g) {
-      if (count[static_cast<std::size_t>(g)] != P::group_width(k)) {
-        return false;
-      }
-    }
-    return true;
+    return host_g_idx.empty() || act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k)).has_value();
   }
 }
 
@@ -509,12 +481,8 @@ template <quantized_policy P>
                       device_buffer<uint2>(mma_layout::scale_zero_entries(n, P::groups(k)), stream), device_buffer<std::int32_t>(), n, k,
                       P::groups(k)};
     if (!host_g_idx.empty()) {
-      std::vector<std::int32_t> order(static_cast<std::size_t>(k));
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) {
-        return host_g_idx[static_cast<std::size_t>(a)] < host_g_idx[static_cast<std::size_t>(b)];
-      });
-      out.order = device_buffer<std::int32_t>(std::span<const std::int32_t>(order), stream);
+      const auto order = act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k));  // checked above
+      out.order        = device_buffer<std::int32_t>(std::span<const std::int32_t>(*order), stream);
     }
     const auto cw = out.codes.size();
     gemm_detail::repack_codes_kernel<P><<<gemm_detail::grid_for(cw), 256, 0, stream>>>(qweight.data(), out.order.data(), n, k, out.codes.data(),
@@ -561,12 +529,9 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
   std::int64_t ldx       = x.stride(0);
   device_buffer<half_t> gathered;
   if (w.order.size() > 0) {
-    gathered = device_buffer<half_t>(m * k, stream);
-    gemm_detail::gather_columns_kernel<<<gemm_detail::grid_for(m * k), 256, 0, stream>>>(x.data(), x.stride(0), w.order.data(), m, k,
-                                                                                         gathered.data());
-    QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
-    xp  = gathered.data();
-    ldx = k;
+    gathered = gather_columns(x, w.order.data(), stream);
+    xp       = gathered.data();
+    ldx      = k;
   }
   using L      = gemm_detail::gemm_smem<P, Stages>;
   auto* kernel = gemm_detail::int_gemm_kernel<P, Stages>;
