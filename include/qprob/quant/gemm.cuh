@@ -14,7 +14,7 @@
 // warp holds, in bits/4 x 4 consecutive 32-bit words, exactly the codes of its A fragments (rows g and g + 8,
 // k 2q, 2q + 1, 2q + 8, 2q + 9 of each k16 step, g = lane / 4, q = lane % 4), placed so that the 0x6400
 // exponent trick turns them into the fragment's fp16 pairs directly; scales and zero points are repacked per
-// 16 features and group the same way (mma_scale_zero). x^T is wgmma's B operand: x tiles (128 rows x 64 k) come
+// 16 features and group the same way (mma_weight::scale_zero). x^T is wgmma's B operand: x tiles (128 rows x 64 k) come
 // through a cp.async ring of shared-memory stages with the 128-byte swizzle (16-byte chunk c of row r at
 // r * 128 + ((c ^ (r % 8)) * 16), 1024-aligned) that the descriptors name.
 //
@@ -25,7 +25,7 @@
 // the other's tensor-core work.
 // The epilogue transposes the 128 x 128 fp32 tile through shared memory and writes y rows with 16-byte stores.
 //
-// Supported (int_gemm_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
+// Supported (mma_layout_supported, int_gemm_device_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
 // N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
 // takes g_idx, permutes K so that groups are contiguous, and int_gemm gathers x's columns the same way (one
 // pass over x instead of a gather per group). Callers fall back to dequantize + cuBLAS otherwise.
