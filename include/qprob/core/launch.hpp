@@ -6,7 +6,16 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 namespace qprob::detail {
+
+/// Blocks of `threads` threads for a grid-stride loop over `items`: one item per thread, at most 65535 blocks
+/// (the loop covers the rest).
+[[nodiscard]] inline unsigned grid_stride_blocks(std::int64_t items, int threads = 256) noexcept {
+  const std::int64_t blocks = (items + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks < 65535 ? blocks : 65535));
+}
 
 [[nodiscard]] inline cudaError_t post_launch(cudaStream_t stream) noexcept {
   cudaError_t status = cudaGetLastError();

@@ -11,6 +11,7 @@
 #include <qprob/core/launch.hpp>
 #include <qprob/core/tensor_view.hpp>
 #include <qprob/policy/precision.hpp>
+#include <qprob/quant/pack.hpp>
 
 #include <cuda_runtime.h>
 
@@ -51,10 +52,6 @@ namespace qprob::quant {
 
 namespace act_order_detail {
 
-[[nodiscard]] inline unsigned grid_for(std::int64_t items) noexcept {
-  return static_cast<unsigned>(std::min<std::int64_t>((items + 255) / 256, 65535));
-}
-
 /// out (M, K, dense) = x (M, K) with columns gathered by `order`.
 __global__ inline void gather_columns_kernel(const half_t* __restrict__ x, std::int64_t ldx, const std::int32_t* __restrict__ order,
                                              std::int64_t m, std::int64_t k, half_t* __restrict__ out) {
@@ -70,9 +67,8 @@ __global__ inline void gather_columns_kernel(const half_t* __restrict__ x, std::
 template <quantized_policy P>
 __global__ void permute_codes_kernel(const std::uint32_t* __restrict__ qweight, const std::int32_t* __restrict__ order, std::int64_t n,
                                      std::int64_t k, std::uint32_t* __restrict__ out) {
-  constexpr int per_word      = P::pack_block_values;
-  constexpr std::uint32_t mask = (1u << P::bits) - 1u;
-  const std::int64_t words    = (k + per_word - 1) / per_word * n;
+  constexpr int per_word   = P::pack_block_values;
+  const std::int64_t words = (k + per_word - 1) / per_word * n;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < words;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t row = idx / n, col = idx % n;  // word row (block of input columns), output feature
@@ -81,7 +77,7 @@ __global__ void permute_codes_kernel(const std::uint32_t* __restrict__ qweight, 
       const std::int64_t dst = row * per_word + j;
       if (dst < k) {
         const std::int64_t src = order[dst];
-        word |= ((qweight[(src / per_word) * n + col] >> (P::bits * (src % per_word))) & mask) << (P::bits * j);
+        word |= unpack_code<P>(qweight + (src / per_word) * n + col, static_cast<int>(src % per_word)) << (P::bits * j);
       }
     }
     out[idx] = word;
@@ -96,7 +92,7 @@ __global__ void permute_codes_kernel(const std::uint32_t* __restrict__ qweight, 
   QPROB_CHECK(x.stride(1) == 1, "gather_columns: x rows must be contiguous");
   device_buffer<half_t> out(m * k, stream);
   if (m * k > 0) {
-    act_order_detail::gather_columns_kernel<<<act_order_detail::grid_for(m * k), 256, 0, stream>>>(x.data(), x.stride(0), order, m, k,
+    act_order_detail::gather_columns_kernel<<<qprob::detail::grid_stride_blocks(m * k), 256, 0, stream>>>(x.data(), x.stride(0), order, m, k,
                                                                                                    out.data());
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
   }
@@ -125,7 +121,7 @@ template <quantized_policy P>
               " columns (GPTQ act-order)");
   act_ordered_codes out{device_buffer<std::uint32_t>(qweight.shape(0) * n, stream),
                         device_buffer<std::int32_t>(std::span<const std::int32_t>(*order), stream)};
-  act_order_detail::permute_codes_kernel<P><<<act_order_detail::grid_for(out.qweight.size()), 256, 0, stream>>>(
+  act_order_detail::permute_codes_kernel<P><<<qprob::detail::grid_stride_blocks(out.qweight.size()), 256, 0, stream>>>(
       qweight.data(), out.order.data(), n, k, out.qweight.data());
   QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
   return out;

@@ -43,15 +43,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <type_traits>
 #include <vector>
 
 namespace qprob::quant {
 
 // ---------------------------------------------------------------------------------------------------------
-// The mma layout (host-safe: the host reference of the repacking uses the same position function).
+// The mma layout (host-safe; source_of is its one definition, which the repacking kernel evaluates).
 
 namespace mma_layout {
 
@@ -401,8 +402,7 @@ __global__ void repack_codes_kernel(const std::uint32_t* __restrict__ qweight, c
       mma_layout::source_of<P>(nb, kt, lane, w, slot, row, col);
       if (row < n) {
         const std::int64_t src = order != nullptr ? order[col] : col;
-        const std::uint32_t code = (qweight[(src / per_word) * n + row] >> (P::bits * (src % per_word))) & ((1u << P::bits) - 1u);
-        word |= code << (P::bits * slot);
+        word |= unpack_code<P>(qweight + (src / per_word) * n + row, static_cast<int>(src % per_word)) << (P::bits * slot);
       }
     }
     out[idx] = word;
@@ -430,10 +430,6 @@ __global__ inline void repack_scale_zero_kernel(const half_t* __restrict__ scale
   }
 }
 
-[[nodiscard]] inline unsigned grid_for(std::int64_t items) noexcept {
-  return static_cast<unsigned>(std::min<std::int64_t>((items + 255) / 256, 65535));
-}
-
 }  // namespace gemm_detail
 
 /// A weight in the mma layout on the device (see the header comment), made by repack_for_mma.
@@ -448,17 +444,23 @@ struct mma_weight {
 /// Whether an (N, K) weight under P with these group indices can be repacked for int_gemm: 4 or 8 bits, fp16,
 /// K % 64 == 0, groups of a multiple of 32 or per channel, and, with g_idx, every group (but the last) exactly
 /// group-width columns (as GPTQ's act-order writes them).
+namespace gemm_detail {
+/// mma_layout_supported without g_idx: bits, dtype and shape.
 template <quantized_policy P>
-[[nodiscard]] bool mma_layout_supported(std::int64_t n, std::int64_t k, const std::vector<std::int32_t>& host_g_idx = {}) {
-  if constexpr (!gemm_detail::gemm_bits<P>) {
+[[nodiscard]] constexpr bool mma_shape_supported(std::int64_t n, std::int64_t k) noexcept {
+  if constexpr (!gemm_bits<P>) {
     return false;
   } else {
-    if (!(n > 0 && k > 0 && k % mma_layout::kKTile == 0 && P::group_width(k) % 32 == 0 && n % 8 == 0 && k < (std::int64_t{1} << 30) &&
-          n < (std::int64_t{1} << 30))) {
-      return false;
-    }
-    return host_g_idx.empty() || act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k)).has_value();
+    return n > 0 && k > 0 && k % mma_layout::kKTile == 0 && P::group_width(k) % 32 == 0 && n % 8 == 0 && k < (std::int64_t{1} << 30) &&
+           n < (std::int64_t{1} << 30);
   }
+}
+}  // namespace gemm_detail
+
+template <quantized_policy P>
+[[nodiscard]] bool mma_layout_supported(std::int64_t n, std::int64_t k, const std::vector<std::int32_t>& host_g_idx = {}) {
+  return gemm_detail::mma_shape_supported<P>(n, k) &&
+         (host_g_idx.empty() || act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k)).has_value());
 }
 
 /// Repacks a GPTQ weight (qweight (K / codes-per-word, N), scales and zeros (groups, N), optional g_idx given
@@ -471,7 +473,11 @@ template <quantized_policy P>
                                            cudaStream_t stream) {
   const auto n = qweight.shape(1);
   const auto k = qweight.shape(0) * (32 / P::bits);
-  QPROB_CHECK(mma_layout_supported<P>(n, k, host_g_idx), "repack_for_mma: unsupported weight (needs 4 or 8 bits, fp16, K % 64 == 0, ",
+  // The act-order permutation is computed once: it is both the check of g_idx and the column order.
+  const auto order = host_g_idx.empty() ? std::optional<std::vector<std::int32_t>>()
+                                        : act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k));
+  QPROB_CHECK(gemm_detail::mma_shape_supported<P>(n, k) && (host_g_idx.empty() || order.has_value()),
+              "repack_for_mma: unsupported weight (needs 4 or 8 bits, fp16, K % 64 == 0, ",
               "groups of a multiple of 32 or per channel, N % 8 == 0, act-order groups of exactly the group width): N=", n, " K=", k);
   QPROB_CHECK(qweight.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(), "repack_for_mma: qweight, scales and zeros must be dense");
   QPROB_CHECK(scales.shape(0) == P::groups(k) && scales.shape(1) == n && zeros.shape(0) == P::groups(k) && zeros.shape(1) == n,
@@ -480,16 +486,15 @@ template <quantized_policy P>
     mma_weight<P> out{device_buffer<std::uint32_t>(mma_layout::code_words<P>(n, k), stream),
                       device_buffer<uint2>(mma_layout::scale_zero_entries(n, P::groups(k)), stream), device_buffer<std::int32_t>(), n, k,
                       P::groups(k)};
-    if (!host_g_idx.empty()) {
-      const auto order = act_order_permutation(host_g_idx, k, P::groups(k), P::group_width(k));  // checked above
-      out.order        = device_buffer<std::int32_t>(std::span<const std::int32_t>(*order), stream);
+    if (order.has_value()) {
+      out.order = device_buffer<std::int32_t>(std::span<const std::int32_t>(*order), stream);
     }
     const auto cw = out.codes.size();
-    gemm_detail::repack_codes_kernel<P><<<gemm_detail::grid_for(cw), 256, 0, stream>>>(qweight.data(), out.order.data(), n, k, out.codes.data(),
+    gemm_detail::repack_codes_kernel<P><<<qprob::detail::grid_stride_blocks(cw), 256, 0, stream>>>(qweight.data(), out.order.data(), n, k, out.codes.data(),
                                                                                        cw);
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
     const auto se = out.scale_zero.size();
-    gemm_detail::repack_scale_zero_kernel<<<gemm_detail::grid_for(se), 256, 0, stream>>>(scales.data(), zeros.data(), n, P::groups(k),
+    gemm_detail::repack_scale_zero_kernel<<<qprob::detail::grid_stride_blocks(se), 256, 0, stream>>>(scales.data(), zeros.data(), n, P::groups(k),
                                                                                         out.scale_zero.data(), se);
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
     return out;
