@@ -265,10 +265,7 @@ __global__ void __launch_bounds__(pass_threads, 2) sample_pass_kernel(sample_pas
         ok = evaluate_small_sample<8>(s.loglik, s.char_len, s.token_len, b, static_cast<int>(k), g, Mode, ev);
       } else {
         for (std::int64_t j = b; j < e; ++j) {
-          const double ll = s.loglik[j];
-          ok = ok && (ll - ll) == 0.0;  // false for inf and NaN
-          ok = ok && (s.char_len == nullptr || s.char_len[j] > 0);
-          ok = ok && (s.token_len == nullptr || s.token_len[j] > 0);
+          ok = ok && choice_valid(s.loglik[j], s.char_len == nullptr ? 1 : s.char_len[j], s.token_len == nullptr ? 1 : s.token_len[j]);
         }
         if (ok) {
           ev = evaluate_sample(s.loglik, s.char_len, s.token_len, b, e, g, Mode);

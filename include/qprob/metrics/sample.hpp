@@ -93,6 +93,12 @@ namespace qprob::metrics {
   }
 }
 
+/// Whether one choice is usable: a finite log-likelihood ((ll - ll) != 0 for inf and NaN) and positive lengths
+/// (pass 1 for a length that is not given). The conditions of the reference's validate_scores, per choice.
+[[nodiscard]] QPROB_HOST_DEVICE inline bool choice_valid(double ll, std::int32_t chars, std::int32_t tokens) noexcept {
+  return (ll - ll) == 0.0 && chars > 0 && tokens > 0;
+}
+
 /// What the per-model metrics need from one sample.
 struct sample_eval {
   double conf       = 0;  ///< max probability
@@ -237,7 +243,7 @@ template <int MaxK>
       const double ll      = loglik[j];
       const int chars      = has_norm ? char_len[j] : 1;
       const int tokens     = token_len != nullptr ? token_len[j] : 1;
-      ok                   = ok && (ll - ll) == 0.0 && chars > 0 && tokens > 0;  // (ll - ll) != 0 for inf and NaN
+      ok                   = ok && choice_valid(ll, chars, tokens);
       const double per_char = has_norm ? ll / static_cast<double>(chars) : 0.0;
       score[c]              = mode == scoring::char_normalized    ? ll / static_cast<double>(chars)
                               : mode == scoring::token_normalized ? ll / static_cast<double>(tokens)
