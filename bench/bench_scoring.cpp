@@ -9,6 +9,8 @@
 //   export QPROB_BENCH_REQUESTS=.shared/requests/llama2-hellaswag-400.json
 //   build/gpu/bench/bench_scoring --benchmark_format=json
 //
+// The last two BM_score rows score an RTN-quantized model held dequantized (cuBLAS) or packed (fused GEMM).
+//
 // BM_gptq_model: the whole-model GPTQ of the same random model (issue: under 90 s for a 7B shape).
 //
 // Counters: tokens_per_s = request tokens (sum of lm-eval input lengths, what the transformers loop computes)
@@ -84,7 +86,14 @@ void BM_score(benchmark::State& state) {
   o.max_batch_rows = state.range(0);
   o.gemm_rows      = state.range(2);
   o.tensor_core_attention = state.range(3) != 0;
+  o.quantized     = state.range(4) == 2 ? qprob::engine::quantized_linears::packed : qprob::engine::quantized_linears::dequantized;
   auto eng        = qprob::engine::engine::random(cfg, o, 1);
+  if (state.range(4) > 0) {  // RTN 4-bit g128 sym: the scoring speed of a quantized model, codes held as o.quantized says
+    qprob::engine::quantize_settings qs;
+    qs.use_gptq = false;
+    qs.policy   = {4, 128, true, false};
+    (void)eng.quantize(qs, {});
+  }
   const auto v     = reqs->views();
   const bool share = state.range(1) != 0;
   (void)eng.score(v, false, share);  // warm-up: workspaces, cuBLAS heuristics
@@ -106,6 +115,7 @@ void BM_score(benchmark::State& state) {
   state.counters["requests"]    = static_cast<double>(v.size());
   state.counters["peak_GiB"]    = static_cast<double>(after.peak_pool_bytes) / (1024.0 * 1024.0 * 1024.0);
   state.counters["weights_GiB"] = static_cast<double>(after.weight_bytes) / (1024.0 * 1024.0 * 1024.0);
+  state.counters["packed_linears"] = static_cast<double>(after.packed_linears);
   (void)iterations;
 }
 
@@ -147,11 +157,14 @@ void BM_gptq_model(benchmark::State& state) {
 
 // Args: max_batch_rows, prefix sharing (1) or not (0), gemm_rows (the fixed GEMM block: larger blocks run cuBLAS
 // closer to its peak, smaller ones pad less; 2048 measured best, docs/performance.md), tensor-core attention (1)
-// or the CUDA-core kernel (0).
+// or the CUDA-core kernel (0), the model: full (0), RTN 4-bit g128 held dequantized (1) or packed (2, the fused
+// GEMM).
 BENCHMARK(BM_score)
-    ->Args({8192, 1, 2048, 1})
-    ->Args({8192, 1, 2048, 0})
-    ->Args({8192, 0, 2048, 1})
+    ->Args({8192, 1, 2048, 1, 0})
+    ->Args({8192, 1, 2048, 0, 0})
+    ->Args({8192, 0, 2048, 1, 0})
+    ->Args({8192, 1, 2048, 1, 1})
+    ->Args({8192, 1, 2048, 1, 2})
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond)
     ->Iterations(3);

@@ -55,6 +55,7 @@ struct cli_options {
   std::string batch_size = "auto";
   std::string metrics_compat = "none";
   std::string device = "cuda";
+  std::string quantized_linears = "dequantized";
   std::optional<std::int64_t> max_length;
   bool no_progress = false, skip_missing = false, no_report = false;
 };
@@ -134,7 +135,9 @@ int run_compare(const cli_options& c) {
   o.calib.seed            = c.seed;
 
 #if defined(QPROB_COMPARE_WITH_ENGINE)
-  const auto outcome = c.device == "cuda" ? qprob::compare::run_compare_gpu(o) : qprob::compare::run_compare(o);
+  qprob::engine::engine_options eopt;
+  eopt.quantized     = *qprob::engine::parse_quantized_linears(c.quantized_linears);  // checked by CLI11
+  const auto outcome = c.device == "cuda" ? qprob::compare::run_compare_gpu(o, eopt) : qprob::compare::run_compare(o);
 #else
   const auto outcome = qprob::compare::run_compare(o);
 #endif
@@ -183,6 +186,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"none", "seed"}));
   cmp->add_option("--device", c.device, "cuda (default: the GPU engine) or cpu (host reference, tiny models)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmp->add_option("--quantized-linears", c.quantized_linears,
+                  "--device cuda: how the quantized model's block linears are held: dequantized (default: fp16 "
+                  "weights and cuBLAS, the fastest) or packed (4/8-bit codes and the fused dequantize-and-multiply "
+                  "GEMM on sm_90, about a quarter of the weight memory; other bit widths and shapes stay dequantized)")
+      ->check(CLI::IsMember({"dequantized", "packed"}));
   cmp->add_option("--out", c.out, "output directory")->required();
   cmp->add_flag("--no-progress", c.no_progress, "no progress bars (they are also off when stderr is not a terminal)");
   cmp->add_flag("--no-report", c.no_report, "do not render the report (tables, figures, report.html)");

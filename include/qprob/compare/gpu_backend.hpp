@@ -4,7 +4,8 @@
 // the model; phase 1 scores with it, phase 2 quantizes it in place (engine::quantize: RTN or true-sequential
 // GPTQ with calibration forwards on the GPU), phase 3 loads the saved checkpoint's dequantized weights into it
 // (engine::set_quantized_weight) and scores again, so both --quant and --quantized evaluate the checkpoint as
-// loaded back. Host code; link qprob::kernels and qprob::tokenizer.
+// loaded back. engine_options::quantized chooses whether the loaded codes are dequantized to fp16 or kept packed
+// for the fused GEMM (`qprob compare --quantized-linears`). Host code; link qprob::kernels and qprob::tokenizer.
 #include <qprob/compare/job.hpp>
 #include <qprob/engine/engine.hpp>
 #include <qprob/eval/gpu_scorer.hpp>
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -76,6 +78,19 @@ public:
       scorer_.engine().set_quantized_weight(l.layer, l.role, l.weight, ckpt.quant.policy);
     }
     return scorer_;
+  }
+
+  [[nodiscard]] std::string quantized_note() const override {
+    const auto s   = scorer_.engine().stats();
+    const auto gib = std::to_string(static_cast<double>(s.weight_bytes) / (1024.0 * 1024.0 * 1024.0));
+    if (s.packed_linears == 0 && s.unpacked_linears == 0) {
+      return "block linears dequantized to fp16 (cuBLAS); weights " + gib + " GiB";
+    }
+    std::string note = std::to_string(s.packed_linears) + " block linears packed for the fused GEMM";
+    if (s.unpacked_linears > 0) {
+      note += ", " + std::to_string(s.unpacked_linears) + " kept dequantized (last reason: " + s.unpacked_reason + ")";
+    }
+    return note + "; weights " + gib + " GiB";
   }
 
 private:

@@ -94,6 +94,8 @@ public:
   /// The quantized model: the full model with the checkpoint's block linears dequantized. May reuse the full
   /// model's engine (full_scorer() must not be used afterwards).
   [[nodiscard]] virtual eval::scorer& quantized_scorer(const quant::gptq_checkpoint& ckpt) = 0;
+  /// After quantized_scorer(): how the quantized weights are held, for the log (empty: nothing to say).
+  [[nodiscard]] virtual std::string quantized_note() const { return {}; }
 };
 
 /// The host reference path: exact, single-threaded, for tiny models.
@@ -531,6 +533,9 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
 
   // ---- phase 3: quantized model ----------------------------------------------------------------------------
   auto& quantized           = backend.quantized_scorer(ckpt);
+  if (const auto note = backend.quantized_note(); !note.empty()) {
+    log("quantized model: " + note);
+  }
   const auto quant_results = evaluate_all(quantized, backend.max_length(),
                                           "files:" + model_hash + "+gptq:" + ckpt_hash, "quantized",
                                           outcome.reused_quantized);

@@ -34,6 +34,7 @@
 #include <qprob/model/config.hpp>
 #include <qprob/model/weights.hpp>
 #include <qprob/quant/gptq.hpp>
+#include <qprob/quant/packed_linear.cuh>
 #include <qprob/quant/rtn.hpp>
 #include <qprob/reference/forward.hpp>
 
@@ -43,9 +44,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace qprob::engine::detail {
@@ -116,10 +120,16 @@ struct workspace {
 template <class Act>
 class engine_impl_t final : public engine_impl {
 public:
+  /// Rows [row0, row0 + rows) of a block linear held as codes for the fused GEMM (quantized_linears::packed).
+  struct packed_part {
+    std::int64_t row0 = 0, rows = 0;
+    std::unique_ptr<quant::packed_linear> w;
+  };
   struct linear {
     std::int64_t out = 0, in = 0;
-    device_buffer<Act> w;     // [out, in]
+    device_buffer<Act> w;     // [out, in]; released once packed parts cover every row
     device_buffer<float> b;   // [out] or empty
+    std::vector<packed_part> packed;  // sorted by row0, disjoint; W's other rows come from w
     [[nodiscard]] const float* bias() const noexcept { return b.empty() ? nullptr : b.data(); }
   };
   struct norm {
@@ -238,7 +248,7 @@ public:
           }
         }
       }
-      L.qkv = {QD + 2 * KVD, H, up_act(w), up_f(b)};
+      L.qkv = {QD + 2 * KVD, H, up_act(w), up_f(b), {}};
       L.o   = lin(R::o, l);
       if (cfg_.gated_mlp) {
         auto g = host(R::gate, P::weight, l);
@@ -254,7 +264,7 @@ public:
             bb.insert(bb.end(), ub.begin(), ub.end());
           }
         }
-        L.up = {2 * cfg_.intermediate_size, H, up_act(g), up_f(bb)};
+        L.up = {2 * cfg_.intermediate_size, H, up_act(g), up_f(bb), {}};
       } else {
         L.up = lin(R::up, l);
       }
@@ -287,7 +297,7 @@ public:
     const bool ln = c.norm == model::norm_kind::layer_norm;
     const auto mk_norm = [&](std::int64_t n) { return norm{rnd_f(n, 1.0f), ln && c.norm_bias ? rnd_f(n, 0.0f) : device_buffer<float>()}; };
     const auto mk_lin = [&](std::int64_t out, std::int64_t in, bool bias) {
-      return linear{out, in, rnd(out * in, 0.02f, 0.0f), bias ? rnd_f(out, 0.0f) : device_buffer<float>()};
+      return linear{out, in, rnd(out * in, 0.02f, 0.0f), bias ? rnd_f(out, 0.0f) : device_buffer<float>(), {}};
     };
     embed_ = rnd(c.vocab_size * E, 0.02f, 0.0f);
     if (c.positions.kind == model::position_kind::learned) {
@@ -443,10 +453,21 @@ public:
       QPROB_CHECK(settings.use_gptq || !settings.policy.desc_act,
                   "engine::quantize: desc_act needs GPTQ (act-order is GPTQ's column order; RTN has none)");
       QPROB_CHECK(!settings.use_gptq || !windows.empty(), "engine::quantize: GPTQ needs calibration windows");
-      return quant::dispatch_policy(settings.policy, [&](auto tag) {
+      for (const auto& L : layers_) {
+        QPROB_CHECK(L.qkv.packed.empty() && L.o.packed.empty() && L.up.packed.empty() && L.down.packed.empty(),
+                    "engine::quantize: the block linears are packed quantized weights already; quantize a full model");
+      }
+      auto out = quant::dispatch_policy(settings.policy, [&](auto tag) {
         using P = typename decltype(tag)::type;
         return quantize_with<P>(settings, windows, progress);
       });
+      // The calibration forwards needed the dequantized fp16 weights; from here on the codes are what is held.
+      if (options_.quantized == quantized_linears::packed) {
+        for (const auto& ql : out) {
+          set_quantized_weight(ql.layer, ql.role, ql.weight, settings.policy);
+        }
+      }
+      return out;
     }
   }
 
@@ -474,6 +495,25 @@ public:
                   "engine::set_quantized_weight: a fused qkv belongs to BLOOM only");
       QPROB_CHECK(q.n == n && q.k == k, "engine::set_quantized_weight: layer ", layer_index, " ", model::to_string(role),
                   " is [", q.n, ", ", q.k, "] in the checkpoint but [", n, ", ", k, "] in the model");
+      linear& lin        = *target->lin;
+      const auto row0    = fused ? std::int64_t{0} : target->row0;
+      if (options_.quantized == quantized_linears::packed) {
+        // BLOOM: the engine's q | k | v order of the fused rows (the checkpoint interleaves them per head).
+        const reference::quantized_weight* wq = &q;
+        reference::quantized_weight reordered;
+        if (fused) {
+          reordered = bloom_rows_to_engine(q);
+          wq        = &reordered;
+        }
+        auto packed = quant::dispatch_policy(policy, [&](auto tag) { return quant::pack_linear<typename decltype(tag)::type>(*wq, stream_); });
+        if (packed.linear) {
+          install_packed(lin, row0, n, std::move(packed.linear));
+          unpacked_.erase({layer_index, role});
+          return;
+        }
+        unpacked_[{layer_index, role}] = "layer " + std::to_string(layer_index) + " " + std::string(model::to_string(role)) + ": " + packed.reason;
+        last_unpacked_                  = unpacked_[{layer_index, role}];
+      }
       device_buffer<half_t> deq(n * k, stream_);
       quant::dispatch_policy(policy, [&](auto tag) {
         using P          = typename decltype(tag)::type;
@@ -492,9 +532,13 @@ public:
         stream_.synchronize();  // the uploads read host memory owned by the caller
         return 0;
       });
+      if (lin.w.empty()) {  // every row was packed before: the dequantized rows need the fp16 matrix back
+        lin.w = device_buffer<Act>(lin.out * lin.in, stream_);
+      }
+      std::erase_if(lin.packed, [&](const packed_part& p) { return p.row0 == row0; });
       const auto bytes = static_cast<std::size_t>(k) * sizeof(half_t);
       if (!fused) {
-        QPROB_CUDA_TRY(cudaMemcpyAsync(target->lin->w.data() + target->row0 * k, deq.data(), static_cast<std::size_t>(n) * bytes,
+        QPROB_CUDA_TRY(cudaMemcpyAsync(lin.w.data() + row0 * k, deq.data(), static_cast<std::size_t>(n) * bytes,
                                        cudaMemcpyDeviceToDevice, stream_));
       } else {  // BLOOM: fused row bloom_qkv_row(which, head, d) is row head * D + d of q, k or v
         const auto D = cfg_.head_dim, part = cfg_.num_heads * D;
@@ -508,12 +552,18 @@ public:
         }
       }
       stream_.synchronize();
+      weight_bytes_ = count_weight_bytes();
     }
   }
 
   [[nodiscard]] engine_stats stats() const override {
     engine_stats s = stats_;
     s.weight_bytes = weight_bytes_;
+    for (const auto& L : layers_) {
+      s.packed_linears += static_cast<std::int64_t>(L.qkv.packed.size() + L.o.packed.size() + L.up.packed.size() + L.down.packed.size());
+    }
+    s.unpacked_linears = static_cast<std::int64_t>(unpacked_.size());
+    s.unpacked_reason  = unpacked_.empty() ? std::string() : last_unpacked_;
     cudaMemPool_t pool = nullptr;
     std::uint64_t peak = 0;
     if (cudaDeviceGetDefaultMemPool(&pool, options_.device) == cudaSuccess &&
@@ -562,18 +612,7 @@ private:
       alibi_ = device_buffer<float>(std::span<const float>(f), stream_);
       stream_.synchronize();
     }
-    const auto add = [&](const auto& buf) { weight_bytes_ += buf.bytes(); };
-    add(embed_);
-    add(positions_);
-    add(project_in_.w);
-    add(project_out_.w);
-    add(lm_head_.w);
-    for (const auto& L : layers_) {
-      add(L.qkv.w);
-      add(L.o.w);
-      add(L.up.w);
-      add(L.down.w);
-    }
+    weight_bytes_ = count_weight_bytes();
     const auto smem = kernels::attention_smem_bytes(static_cast<int>(cfg_.head_dim));
     dpl_            = static_cast<int>((cfg_.head_dim + 31) / 32);
     with_dpl(dpl_, [&](auto k) {
@@ -599,18 +638,47 @@ private:
 
   /// Y[rows, N] = X[rows, K] W[N, K]^T (+ Y when accumulate: the float32 residual stream takes the o / down
   /// projection in the GEMM's epilogue, acc + y rounded once as the residual kernel would) over `rows_padded`
-  /// rows (a multiple of chunk), chunk rows per call.
+  /// rows (a multiple of chunk), chunk rows per call; Y's rows are ldy apart (0: N).
   template <class OutT>
   void gemm(const Act* x, const Act* w, OutT* y, std::int64_t rows_padded, std::int64_t k, std::int64_t n, std::int64_t chunk,
-            bool accumulate = false) {
+            bool accumulate = false, std::int64_t ldy = 0) {
     static_assert(std::is_same_v<OutT, float> || std::is_same_v<OutT, Act>);
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     constexpr cudaDataType_t out_type = std::is_same_v<OutT, float> ? CUDA_R_32F : cuda_type<Act>();
+    ldy = ldy == 0 ? n : ldy;
     for (std::int64_t r = 0; r < rows_padded; r += chunk) {
       QPROB_CUBLAS_TRY(cublasGemmEx(blas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(chunk),
                                     static_cast<int>(k), &alpha, w, cuda_type<Act>(), static_cast<int>(k), x + r * k,
-                                    cuda_type<Act>(), static_cast<int>(k), &beta, y + r * n, out_type, static_cast<int>(n),
+                                    cuda_type<Act>(), static_cast<int>(k), &beta, y + r * ldy, out_type, static_cast<int>(ldy),
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+
+  /// A block linear's product, as gemm() (X has L.in columns, Y L.out): its packed parts by the fused GEMM over
+  /// the `rows` real rows (its results do not depend on the row count), its other rows by gemm().
+  template <class OutT>
+  void linear_gemm(const linear& L, const Act* x, OutT* y, std::int64_t rows, std::int64_t rows_padded, bool accumulate = false) {
+    const auto dense = [&](std::int64_t from, std::int64_t to) {
+      if (to > from) {
+        gemm(x, L.w.data() + from * L.in, y + from, rows_padded, L.in, to - from, options_.gemm_rows, accumulate, L.out);
+      }
+    };
+    if constexpr (std::is_same_v<Act, half_t>) {
+      std::int64_t next = 0;  // the first row of W not computed yet
+      for (const auto& p : L.packed) {
+        dense(next, p.row0);
+        const device_view<const half_t, 2> xv(x, {rows, L.in}, {L.in, 1});
+        const device_view<OutT, 2> yv(y + p.row0, {rows, p.rows}, {L.out, 1});
+        if constexpr (std::is_same_v<OutT, float>) {
+          p.w->multiply(xv, yv, accumulate, stream_);
+        } else {
+          p.w->multiply(xv, yv, stream_);
+        }
+        next = p.row0 + p.rows;
+      }
+      dense(next, L.out);
+    } else {
+      dense(0, L.out);
     }
   }
 
@@ -653,16 +721,16 @@ private:
     if (report(layer_stage::o_input, att, QD)) {
       return true;
     }
-    gemm(att, L.o.w.data(), y, rows_padded, QD, H, options_.gemm_rows, accumulate);
+    linear_gemm(L.o, att, y, rows, rows_padded, accumulate);
     return false;
   }
 
   /// q|k|v projection, positions and causal attention of layer L over the plan's rows: att (rows x q heads x D).
   void compute_attention(const layer& L, std::int64_t rows, std::int64_t rows_padded, Act* att) {
-    const auto H = cfg_.hidden_size, D = cfg_.head_dim;
+    const auto D = cfg_.head_dim;
     const auto QD = cfg_.num_heads * D, KVD = cfg_.num_kv_heads * D, W = QD + 2 * KVD;
     Act* qkv = qkv_.get(rows_padded * W, stream_);
-    gemm(h_.buf.data(), L.qkv.w.data(), qkv, rows_padded, H, W, options_.gemm_rows);
+    linear_gemm(L.qkv, h_.buf.data(), qkv, rows, rows_padded);
     kernels::qkv_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
         qkv, W, L.qkv.bias(), positions_dev_.data(), inv_freq_.empty() ? nullptr : inv_freq_.data(), half_rotary_,
         static_cast<int>(D), static_cast<int>(cfg_.num_heads), static_cast<int>(cfg_.num_kv_heads),
@@ -700,14 +768,14 @@ private:
     if (report(layer_stage::up_input, h_.buf.data(), H)) {
       return true;
     }
-    gemm(h_.buf.data(), L.up.w.data(), u, rows_padded, H, L.up.out, options_.gemm_rows);
+    linear_gemm(L.up, h_.buf.data(), u, rows, rows_padded);
     kernels::mlp_act_kernel<Act><<<static_cast<unsigned>(rows), kernels::kRowThreads, 0, stream_>>>(
         u, L.up.bias(), I, cfg_.gated_mlp, kernels::activation_code(cfg_.act, cfg_.activation_name), a);
     QPROB_CUDA_TRY(qprob::detail::post_launch(stream_));
     if (report(layer_stage::down_input, a, I)) {
       return true;
     }
-    gemm(a, L.down.w.data(), y, rows_padded, I, H, options_.gemm_rows, accumulate);
+    linear_gemm(L.down, a, y, rows, rows_padded, accumulate);
     return false;
   }
 
@@ -920,6 +988,63 @@ private:
       logprob[static_cast<std::size_t>(order[k])] = lp_sorted[k];
       greedy[static_cast<std::size_t>(order[k])]  = gr_sorted[k];
     }
+  }
+
+  /// Device bytes of every weight the engine holds (fp16 matrices, packed codes, embeddings).
+  [[nodiscard]] std::int64_t count_weight_bytes() const {
+    std::int64_t b = embed_.bytes() + positions_.bytes() + project_in_.w.bytes() + project_out_.w.bytes() + lm_head_.w.bytes();
+    for (const auto& L : layers_) {
+      for (const linear* lin : {&L.qkv, &L.o, &L.up, &L.down}) {
+        b += lin->w.bytes();
+        for (const auto& p : lin->packed) {
+          b += p.w->bytes();
+        }
+      }
+    }
+    return b;
+  }
+
+  /// Rows [row0, row0 + rows) of `lin` become a packed part (replacing one of the same rows); the fp16 matrix is
+  /// released once packed parts cover every row.
+  void install_packed(linear& lin, std::int64_t row0, std::int64_t rows, std::unique_ptr<quant::packed_linear> w) {
+    std::erase_if(lin.packed, [&](const packed_part& p) { return p.row0 == row0; });
+    lin.packed.push_back({row0, rows, std::move(w)});
+    std::sort(lin.packed.begin(), lin.packed.end(), [](const packed_part& a, const packed_part& b) { return a.row0 < b.row0; });
+    std::int64_t covered = 0;
+    for (const auto& p : lin.packed) {
+      covered += p.rows;
+    }
+    if (covered == lin.out) {
+      lin.w = device_buffer<Act>();
+    }
+    weight_bytes_ = count_weight_bytes();
+  }
+
+  /// BLOOM's fused query_key_value (rows interleaved per head, model::bloom_qkv_row) with its output features
+  /// (qweight, scales and zero-point columns) in the engine's q | k | v order.
+  [[nodiscard]] reference::quantized_weight bloom_rows_to_engine(const reference::quantized_weight& q) const {
+    const auto D = cfg_.head_dim, part = cfg_.num_heads * D, n = q.n;
+    QPROB_CHECK(n == 3 * part && q.qweight.size() % static_cast<std::size_t>(n) == 0 && q.scales.size() % static_cast<std::size_t>(n) == 0 &&
+                    q.zeros.size() == q.scales.size(),
+                "engine::set_quantized_weight: BLOOM's query_key_value codes do not have ", n, " output columns");
+    reference::quantized_weight out{q.n, q.k, std::vector<std::uint32_t>(q.qweight.size()), std::vector<half_t>(q.scales.size()),
+                                    std::vector<std::uint8_t>(q.zeros.size()), q.g_idx};
+    const auto word_rows = static_cast<std::int64_t>(q.qweight.size()) / n, groups = static_cast<std::int64_t>(q.scales.size()) / n;
+    for (int which = 0; which < 3; ++which) {
+      for (std::int64_t h = 0; h < cfg_.num_heads; ++h) {
+        for (std::int64_t d = 0; d < D; ++d) {
+          const auto to = which * part + h * D + d, from = model::bloom_qkv_row(which, h, d, D);
+          for (std::int64_t r = 0; r < word_rows; ++r) {
+            out.qweight[static_cast<std::size_t>(r * n + to)] = q.qweight[static_cast<std::size_t>(r * n + from)];
+          }
+          for (std::int64_t g = 0; g < groups; ++g) {
+            out.scales[static_cast<std::size_t>(g * n + to)] = q.scales[static_cast<std::size_t>(g * n + from)];
+            out.zeros[static_cast<std::size_t>(g * n + to)]  = q.zeros[static_cast<std::size_t>(g * n + from)];
+          }
+        }
+      }
+    }
+    return out;
   }
 
   /// A block linear in the checkpoint's layout as rows of one of the engine's fused weights.
@@ -1192,6 +1317,9 @@ private:
     bool ready = false;
   } att_cache_;
   float* x_cur_                = nullptr;  // the residual stream run_layer() works on
+  /// quantized_linears::packed: the block linears (layer, checkpoint role) the fused GEMM refused, with the reason.
+  std::map<std::pair<std::int64_t, model::tensor_role>, std::string> unpacked_;
+  std::string last_unpacked_;
   std::int64_t weight_bytes_   = 0;
 
   device_buffer<token_id> tokens_dev_;

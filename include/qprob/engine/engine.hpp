@@ -46,6 +46,28 @@ enum class activation_type : std::uint8_t { f16, bf16, f32 };
   return std::nullopt;
 }
 
+/// How the engine holds and multiplies the block linears of a quantized model (set_quantized_weight, quantize).
+enum class quantized_linears : std::uint8_t {
+  /// Dequantized once to fp16 and multiplied by cuBLAS: the fastest at scoring's row counts today
+  /// (docs/performance.md), with the memory of the fp16 model.
+  dequantized,
+  /// Kept as 4- or 8-bit codes and multiplied by the fused dequantize-and-multiply GEMM (quant/packed_linear.cuh,
+  /// sm_90): about a quarter (4 bits) of the fp16 weight memory. Linears the fused GEMM does not implement (2 or
+  /// 3 bits, K not a multiple of 64, ...) stay dequantized; engine_stats counts both.
+  packed,
+};
+
+/// "dequantized" or "packed" (command-line spelling); nullopt otherwise.
+[[nodiscard]] inline std::optional<quantized_linears> parse_quantized_linears(std::string_view s) noexcept {
+  if (s == "dequantized") {
+    return quantized_linears::dequantized;
+  }
+  if (s == "packed") {
+    return quantized_linears::packed;
+  }
+  return std::nullopt;
+}
+
 struct engine_options {
   /// Weights and activations; nullopt: bf16 when the checkpoint (config dtype) is bf16, else f16.
   std::optional<activation_type> dtype;
@@ -61,6 +83,8 @@ struct engine_options {
   /// Causal attention on tensor cores (fp16/bf16, head_dim 32, 64, 80, 96 or 128; engine/attention_mma.cuh);
   /// false, or any other case, runs the float32 CUDA-core kernel (comparisons and benchmarks).
   bool tensor_core_attention = true;
+  /// Quantized block linears: dequantized fp16 weights (cuBLAS) or packed codes (fused GEMM).
+  quantized_linears quantized = quantized_linears::dequantized;
   int device = 0;
 };
 
@@ -88,6 +112,9 @@ struct engine_stats {
   double quantize_forward_seconds = 0;  ///< quantize(): calibration forwards and Hessian accumulation (wall time)
   double quantize_solve_seconds   = 0;  ///< quantize(): GPTQ / RTN solver (wall time)
   std::int64_t quantize_cache_bytes = 0;  ///< quantize(): device bytes of the reused attention outputs (0: none)
+  std::int64_t packed_linears   = 0;  ///< block linears (checkpoint layout: q, k, v, o, ...) held as packed codes
+  std::int64_t unpacked_linears = 0;  ///< quantized_linears::packed: block linears kept dequantized (the fused GEMM refused them)
+  std::string unpacked_reason;        ///< why the most recent refusal happened (layer, role, reason)
 };
 
 /// What engine::quantize does.
@@ -144,20 +171,24 @@ public:
   void window_logprobs(std::span<const token_id> window,
                        const std::function<void(std::int64_t, std::span<const float>)>& on_row);
 
-  /// Quantizes every block linear in place (the engine computes with the dequantized weights afterwards) and
+  /// Quantizes every block linear in place (the engine computes with the quantized weights afterwards, held as
+  /// engine_options::quantized says; calibration forwards use the dequantized fp16 weights either way) and
   /// returns the quantized layers in layer order, q k v (or qkv) o [gate] up down within a layer. GPTQ follows
   /// AutoGPTQ with true_sequential: decoder layers in order, each layer's inputs computed by the already
   /// quantized layers before it; within a layer the sub-groups [q k v] [o] [gate up] [down], each one's inputs
   /// recomputed with the earlier sub-groups quantized; H = 2/tokens sum x x^T over every window position.
   /// `windows`: calibration token windows (each at most max_length tokens), GPTQ only.
   /// @throws invalid_argument for a bf16 engine (the solver's presets compute in fp16), a policy without a
-  ///         preset, GPTQ without windows, RTN with desc_act.
+  ///         preset, GPTQ without windows, RTN with desc_act, an engine whose linears are packed already.
   std::vector<quantized_layer> quantize(const quantize_settings& settings, std::span<const std::vector<token_id>> windows,
                                         const quantize_progress& progress = {});
 
-  /// Replaces block linear (layer, role) by the dequantization of `q` (checkpoint layout; BLOOM's fused qkv is
-  /// split into q, k and v), computed on the GPU with the preset of `policy`: loading a GPTQ checkpoint.
-  /// @throws invalid_argument for a bf16 engine, a role or shape the model does not have, a policy without a preset.
+  /// Replaces block linear (layer, role) by `q` (checkpoint layout; BLOOM's fused qkv is split into q, k and v)
+  /// under the preset of `policy`: loading a GPTQ checkpoint. engine_options::quantized chooses how it is held:
+  /// dequantized to fp16 on the GPU, or packed for the fused GEMM (falling back to dequantized, counted in
+  /// engine_stats, where the fused GEMM does not implement the policy or shape).
+  /// @throws invalid_argument for a bf16 engine, a role or shape the model does not have, a policy without a
+  ///         preset, codes/scales/zeros of the wrong sizes.
   void set_quantized_weight(std::int64_t layer, model::tensor_role role, const reference::quantized_weight& q,
                             const quant::runtime_policy& policy);
 

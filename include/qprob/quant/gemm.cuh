@@ -23,7 +23,8 @@
 // thread dequantizes them into its A fragments, then the warpgroup issues four wgmma and waits for them (no
 // wgmma may be in flight while A registers are written); two blocks per SM overlap one's dequantization with
 // the other's tensor-core work.
-// The epilogue transposes the 128 x 128 fp32 tile through shared memory and writes y rows with 16-byte stores.
+// The epilogue transposes the 128 x 128 fp32 tile through shared memory and writes y rows (fp16, or float32 with
+// an optional accumulation into y for residual streams) with 16-byte stores.
 //
 // Supported (mma_layout_supported, int_gemm_device_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
 // N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
@@ -121,8 +122,9 @@ struct gemm_smem {
   static constexpr int x_off        = 0;
   static constexpr int w_off        = Stages * x_tile;
   static constexpr int bytes        = w_off + Stages * w_tile;
-  static constexpr int out_pitch    = kBN + 8;        // halves per row of the epilogue's transposed tile
-  static_assert(kBM * out_pitch * 2 <= bytes, "the epilogue reuses the stages");
+  static constexpr int out_pitch    = kBN + 8;        // halves per row of the epilogue's transposed fp16 tile
+  static constexpr int out_pitch_f  = kBN + 4;        // floats per row of the float32 tile (conflict-free writes)
+  static_assert(kBM * out_pitch * 2 <= bytes && kBM * out_pitch_f * 4 <= bytes, "the epilogue reuses the stages");
   static constexpr int launch_bytes = bytes + 1024;   // room to align the base
 };
 
@@ -269,10 +271,11 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words
   }
 }
 
-template <quantized_policy P, int Stages>
+template <quantized_policy P, int Stages, class OutT>
 __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __restrict__ x, std::int64_t ldx, int m, int k, int n,
                                                             const std::uint32_t* __restrict__ codes, const uint2* __restrict__ scale_zero,
-                                                            int groups, int group_width, half_t* __restrict__ y, std::int64_t ldy) {
+                                                            int groups, int group_width, OutT* __restrict__ y, std::int64_t ldy,
+                                                            bool accumulate) {
   using L                 = gemm_smem<P, Stages>;
   constexpr int wpl       = mma_layout::words_per_lane<P>;
   extern __shared__ unsigned char gemm_raw[];
@@ -310,6 +313,36 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
 
   float acc[64];  // set by the first wgmma (accumulate = 0)
 
+  // This thread's A fragments of k tile kt (its codes, scales and zero points from the tile's stage).
+  const auto fragments_of = [&](int kt, std::uint32_t (&frag)[4][4]) {
+    const unsigned char* wst = base + L::w_off + (kt % Stages) * L::w_tile;
+    const auto* ws           = reinterpret_cast<const uint4*>(wst + t * L::code_bytes);
+    std::uint32_t words[wpl];
+    QPROB_UNROLL
+    for (int i = 0; i < wpl / 4; ++i) {
+      const uint4 v    = ws[i];
+      words[4 * i]     = v.x;
+      words[4 * i + 1] = v.y;
+      words[4 * i + 2] = v.z;
+      words[4 * i + 3] = v.w;
+    }
+    const uint4 sz = *reinterpret_cast<const uint4*>(wst + L::sz_off + t * 16);
+    dequant_fragments<P>(words, make_uint2(sz.x, sz.y), make_uint2(sz.z, sz.w), frag);
+  };
+  // The warpgroup's four wgmma of k tile kt (64 features x 128 rows x 64 k), committed as one group.
+  const auto mma_tile = [&](int kt, std::uint32_t (&frag)[4][4]) {
+    const std::uint32_t xa = smem_addr(base + L::x_off + (kt % Stages) * L::x_tile);
+    fence_fragments(frag);
+    fence_accumulators(acc);
+    wgmma_fence();
+    QPROB_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    fence_accumulators(acc);
+  };
+
   // prologue: Stages - 1 tiles in flight
   QPROB_UNROLL
   for (int s = 0; s < Stages - 1; ++s) {
@@ -326,36 +359,12 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
       load_tile(kt + Stages - 1, (kt + Stages - 1) % Stages);
     }
     cp_async_commit();
-    const int st = kt % Stages;
-    std::uint32_t words[wpl];
-    const unsigned char* wst = base + L::w_off + st * L::w_tile;
-    const auto* ws           = reinterpret_cast<const uint4*>(wst + t * L::code_bytes);
-    QPROB_UNROLL
-    for (int i = 0; i < wpl / 4; ++i) {
-      const uint4 v    = ws[i];
-      words[4 * i]     = v.x;
-      words[4 * i + 1] = v.y;
-      words[4 * i + 2] = v.z;
-      words[4 * i + 3] = v.w;
-    }
-    const uint4 sz = *reinterpret_cast<const uint4*>(wst + L::sz_off + t * 16);
-    const uint2 lo = make_uint2(sz.x, sz.y);
-    const uint2 hi = make_uint2(sz.z, sz.w);
     std::uint32_t frag[4][4];
-    dequant_fragments<P>(words, lo, hi, frag);
-    const std::uint32_t xa = smem_addr(base + L::x_off + st * L::x_tile);
-    fence_fragments(frag);
-    fence_accumulators(acc);
-    wgmma_fence();
-    QPROB_UNROLL
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    fence_accumulators(acc);
-    // The A fragments of the next tile are registers too: no wgmma may be in flight while they are written
-    // (ptxas would serialize every wgmma). The overlap of one block's dequantization with tensor-core work
-    // comes from the other block on the SM (two per SM: __launch_bounds__(256, 2)).
+    fragments_of(kt, frag);
+    mma_tile(kt, frag);
+    // The overlap of one warpgroup's dequantization with tensor-core work comes from the other warpgroups on the
+    // SM. (Two fragment sets, the next tile dequantized while this tile's wgmma run, compiled without
+    // serialization but measured no faster: 135 vs 137 us at 512 x 11008 x 4096, docs/performance.md.)
     wgmma_wait<0>();
   }
   cp_async_wait<0>();
@@ -363,21 +372,41 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
 
   // epilogue: accumulator i of thread (warp w of the warpgroup, lane l) is feature 16w + l/4 + 8((i>>1)&1) of
   // the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] in shared memory, then 16-byte
-  // stores of whole rows
-  auto* out         = reinterpret_cast<half_t*>(base);
+  // stores of whole rows. fp16 output: one rounding of the float32 sum. float32 output: the sum, or the sum
+  // plus y's old value (accumulate: acc + y rounded once, as a GEMM with beta = 1 computes it).
   const int feature = wg * 64 + (warp % 4) * 16 + lane / 4;
+  constexpr bool to_half = std::is_same_v<OutT, half_t>;
+  constexpr int pitch    = to_half ? L::out_pitch : L::out_pitch_f;
+  constexpr int per16    = 16 / static_cast<int>(sizeof(OutT));  // outputs per 16-byte store
+  auto* out              = reinterpret_cast<OutT*>(base);
   QPROB_UNROLL
   for (int i = 0; i < 64; ++i) {
     const int r = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
     const int f = feature + 8 * ((i >> 1) & 1);
-    out[r * L::out_pitch + f] = qprob::detail::from_float_device<half_t>(acc[i]);
+    if constexpr (to_half) {
+      out[r * pitch + f] = qprob::detail::from_float_device<half_t>(acc[i]);
+    } else {
+      out[r * pitch + f] = acc[i];
+    }
   }
   __syncthreads();
-  for (int idx = t; idx < kBM * (kBN / 8); idx += kThreads) {
-    const int r = idx / (kBN / 8), c = idx % (kBN / 8);
-    if (m0 + r < m && n0 + 8 * c < n) {
-      *reinterpret_cast<uint4*>(y + static_cast<std::int64_t>(m0 + r) * ldy + n0 + 8 * c) =
-          *reinterpret_cast<const uint4*>(out + r * L::out_pitch + 8 * c);
+  for (int idx = t; idx < kBM * (kBN / per16); idx += kThreads) {
+    const int r = idx / (kBN / per16), c = idx % (kBN / per16);
+    if (m0 + r < m && n0 + per16 * c < n) {
+      auto* dst = reinterpret_cast<uint4*>(y + static_cast<std::int64_t>(m0 + r) * ldy + n0 + per16 * c);
+      uint4 v   = *reinterpret_cast<const uint4*>(out + r * pitch + per16 * c);
+      if constexpr (!to_half) {
+        if (accumulate) {
+          const float4 old = *reinterpret_cast<const float4*>(dst);
+          float4 sum       = *reinterpret_cast<const float4*>(&v);
+          sum.x += old.x;
+          sum.y += old.y;
+          sum.z += old.z;
+          sum.w += old.w;
+          v = *reinterpret_cast<const uint4*>(&sum);
+        }
+      }
+      *dst = v;
     }
   }
 }
@@ -515,17 +544,24 @@ template <quantized_policy P>
 }
 
 /// y (M, N) = x (M, K) W^T on Hopper tensor cores with W repacked by repack_for_mma (see the header comment).
+/// y is fp16 (the sum rounded once) or float32; a float32 y may take the product added to its old values
+/// (`accumulate`: y + x W^T rounded once, a GEMM's beta = 1). Rows of x and y may be strided (16-byte aligned).
 /// Act-order weights gather x's columns first (into a stream-ordered scratch buffer). Queued on `stream`.
-/// @throws invalid_argument for shapes that do not match, misaligned operands or a device other than sm_90.
-template <quantized_policy P, int Stages = 4>
-void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<half_t, 2> y, cudaStream_t stream) {
+/// @throws invalid_argument for shapes that do not match, misaligned operands, accumulate into fp16 or a device
+///         other than sm_90.
+template <quantized_policy P, int Stages = 4, class OutT = half_t>
+void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<OutT, 2> y, cudaStream_t stream,
+              bool accumulate = false) {
   static_assert(Stages >= 3, "int_gemm: the pipeline needs at least three stages");
   static_assert(gemm_detail::gemm_bits<P>, "int_gemm: 4 or 8 bits, fp16");
+  static_assert(std::is_same_v<OutT, half_t> || std::is_same_v<OutT, float>, "int_gemm: y is fp16 or float32");
+  constexpr std::int64_t per16 = 16 / static_cast<std::int64_t>(sizeof(OutT));
   const auto m = x.shape(0), k = x.shape(1), n = y.shape(1);
   QPROB_CHECK(k == w.k && n == w.n && y.shape(0) == m, "int_gemm: x is (", m, ", ", k, "), y (", y.shape(0), ", ", n, "), the weight (", w.n,
               ", ", w.k, ")");
   QPROB_CHECK(x.stride(1) == 1 && x.stride(0) % 8 == 0 && is_aligned(x.data(), 16), "int_gemm: x rows must be contiguous and 16-byte aligned");
-  QPROB_CHECK(y.stride(1) == 1 && y.stride(0) % 8 == 0 && is_aligned(y.data(), 16), "int_gemm: y rows must be contiguous and 16-byte aligned");
+  QPROB_CHECK(y.stride(1) == 1 && y.stride(0) % per16 == 0 && is_aligned(y.data(), 16), "int_gemm: y rows must be contiguous and 16-byte aligned");
+  QPROB_CHECK(!accumulate || (std::is_same_v<OutT, float>), "int_gemm: accumulate needs a float32 y");
   QPROB_CHECK(int_gemm_device_supported(), "int_gemm: needs a device of compute capability 9.0 (wgmma)");
   if (m == 0) {
     return;
@@ -539,12 +575,12 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     ldx      = k;
   }
   using L      = gemm_detail::gemm_smem<P, Stages>;
-  auto* kernel = gemm_detail::int_gemm_kernel<P, Stages>;
+  auto* kernel = gemm_detail::int_gemm_kernel<P, Stages, OutT>;
   QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
   const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM), static_cast<unsigned>(mma_layout::padded_features(n) / gemm_detail::kBN));
   kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(xp, ldx, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n),
                                                                   w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
-                                                                  static_cast<int>(P::group_width(k)), y.data(), y.stride(0));
+                                                                  static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
   QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
 

@@ -18,6 +18,7 @@
 #include <qprob/eval/reference_scorer.hpp>
 #include <qprob/reference/forward.hpp>
 
+#include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -532,4 +533,130 @@ TEST_CASE("engine GPTQ on stories260K agrees with the host quantizer and beats R
   CHECK(err_host < err_rtn);
   CHECK(err_gptq > 0.0);
   CHECK(err_gptq < err_rtn);
+}
+
+// ---- packed quantized linears (engine_options::quantized = packed, the fused GEMM) ---------------------------------
+
+namespace {
+
+/// Random-weight models whose block linears the fused GEMM implements (K % 64 == 0, N % 8 == 0): Llama with GQA
+/// (q | k | v as three packed parts of one fused weight), BLOOM (the head-interleaved query_key_value reordered into
+/// q | k | v), OPT (biases); "llama_mixed" has intermediate 200, so its down projection (K = 200) stays dequantized
+/// beside packed linears.
+qprob::model::model_config packable_config(const std::string& family) {
+  auto cfg = qprob::test::tiny_config(family == "llama_mixed" ? "llama" : family);
+  cfg["vocab_size"]  = 96;
+  cfg["hidden_size"] = 128;
+  if (family == "bloom") {
+    cfg["n_head"] = 4;
+  } else {
+    cfg["num_attention_heads"]     = 4;
+    cfg["max_position_embeddings"] = 128;
+    cfg[family == "opt" ? "ffn_dim" : "intermediate_size"] = family == "llama_mixed" ? 200 : 320;
+  }
+  return qprob::model::parse_config(cfg, "config.json");
+}
+
+}  // namespace
+
+TEST_CASE("packed quantized linears (fused GEMM) give the dequantized forward's logits") {
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess || major != 9 || minor != 0) {
+    (void)cudaGetLastError();
+    MESSAGE("skipped: the fused GEMM needs a device of compute capability 9.0");
+    return;
+  }
+  // Both engines hold the same codes and compute fp16(x) . fp16(scale (code - zero)) with float32 sums and the same
+  // roundings of every activation; only the summation order differs (cuBLAS vs the fused GEMM), which moves a
+  // float32 sum by ~2^-24 sqrt(K) relative and so flips an fp16 rounding of an activation now and then. Bound:
+  // 4 u (u = 2^-11) times max(1, max |logit|), a fifth of the engine-vs-reference bound above (measured on the
+  // H100: 0 for natural order, 2.7e-4 with act-order, whose gathered columns change the summation order). The
+  // packed engines release their fp16 matrices (weight_bytes, checked), so they can only compute with the codes;
+  // a skipped or misplaced part gives logits of another model. For Llama and OPT, 4-bit quantization moves the
+  // logits by 40-50 bounds (checked: more than 4), so the comparison also separates the quantized model from the
+  // full one; BLOOM's logits (tied embeddings behind an embedding LayerNorm) move by only a few bounds.
+  const double u = std::ldexp(1.0, -11);
+  auto rng       = qprob::test::make_rng(0x9ac7);
+  namespace pol  = qprob::policies;
+  struct variant {
+    std::string family;
+    qprob::quant::runtime_policy policy;
+    bool gptq;
+    std::int64_t packed, unpacked;  // expected block linears of each kind
+  };
+  const variant variants[] = {
+      {"llama", qprob::quant::runtime_policy::of<pol::int4_g32>(), false, 14, 0},
+      {"llama", qprob::quant::runtime_policy::of<pol::int4_g128_act>(), true, 14, 0},  // act-order; down: a partial last group
+      {"llama_mixed", qprob::quant::runtime_policy::of<pol::int4_g64_asym>(), false, 12, 2},
+      {"bloom", qprob::quant::runtime_policy::of<pol::int8_pc>(), false, 8, 0},
+      {"bloom", qprob::quant::runtime_policy::of<pol::int4_g128>(), false, 8, 0},
+      {"opt", qprob::quant::runtime_policy::of<pol::int8_g128>(), false, 12, 0},
+  };
+  for (const auto& v : variants) {
+    const auto cfg = packable_config(v.family);
+    CAPTURE(v.family);
+    CAPTURE(qprob::quant::describe(v.policy));
+    std::vector<ids> windows;
+    for (int i = 0; v.gptq && i < 4; ++i) {
+      windows.push_back(random_tokens(rng, 96, cfg.vocab_size));
+    }
+    qprob::engine::quantize_settings s;
+    s.use_gptq = v.gptq;
+    s.policy   = v.policy;
+    qprob::engine::engine_options dense_opt, packed_opt;
+    packed_opt.quantized = qprob::engine::quantized_linears::packed;
+
+    auto full   = qprob::engine::engine::random(cfg, dense_opt, 21);
+    auto dense  = qprob::engine::engine::random(cfg, dense_opt, 21);
+    auto loaded = qprob::engine::engine::random(cfg, packed_opt, 21);  // set_quantized_weight with dense's codes
+    auto direct = qprob::engine::engine::random(cfg, packed_opt, 21);  // quantize() on a packed engine
+    const auto q = dense.quantize(s, windows);
+    for (const auto& ql : q) {
+      loaded.set_quantized_weight(ql.layer, ql.role, ql.weight, v.policy);
+    }
+    const auto q_direct = direct.quantize(s, windows);
+    REQUIRE(q_direct.size() == q.size());
+    for (std::size_t i = 0; i < q.size(); ++i) {
+      CHECK(q_direct[i].weight.qweight == q[i].weight.qweight);  // the same quantizer ran: the same codes
+      // compare's load-back: the saved checkpoint replaces what quantize() packed (each part once, not twice)
+      direct.set_quantized_weight(q_direct[i].layer, q_direct[i].role, q_direct[i].weight, v.policy);
+    }
+    const auto sd = dense.stats(), sl = loaded.stats(), sq = direct.stats();
+    CHECK(sd.packed_linears == 0);
+    CHECK(sl.packed_linears == v.packed);
+    CHECK(sl.unpacked_linears == v.unpacked);
+    CHECK(sq.packed_linears == v.packed);
+    CHECK(sq.unpacked_linears == v.unpacked);  // counted once per linear, though set twice
+    CHECK(sl.weight_bytes < sd.weight_bytes);
+    CHECK(sq.weight_bytes == sl.weight_bytes);
+    if (v.unpacked > 0) {
+      MESSAGE("kept dequantized: ", sl.unpacked_reason);
+      CHECK(sl.unpacked_reason.find("K=200") != std::string::npos);
+    }
+    CHECK_THROWS_AS((void)direct.quantize(s, windows), qprob::invalid_argument);  // its linears are codes now
+
+    double max_ref = 0, diff_loaded = 0, diff_direct = 0, moved = 0;
+    for (int w = 0; w < 3; ++w) {
+      const auto toks = random_tokens(rng, 40 + 17 * static_cast<std::size_t>(w), cfg.vocab_size);
+      const auto ld = dense.logits(toks), ll = loaded.logits(toks), lq = direct.logits(toks), lf = full.logits(toks);
+      REQUIRE(ld.size() == ll.size());
+      for (std::size_t i = 0; i < ld.size(); ++i) {
+        REQUIRE(std::isfinite(ll[i]));
+        max_ref     = std::max(max_ref, std::abs(static_cast<double>(ld[i])));
+        diff_loaded = std::max(diff_loaded, std::abs(static_cast<double>(ll[i]) - ld[i]));
+        diff_direct = std::max(diff_direct, std::abs(static_cast<double>(lq[i]) - ld[i]));
+        moved       = std::max(moved, std::abs(static_cast<double>(lf[i]) - ld[i]));
+      }
+    }
+    const double bound = 4.0 * u * std::max(1.0, max_ref);
+    MESSAGE(v.family, " ", qprob::quant::describe(v.policy), std::string(v.gptq ? " GPTQ" : " RTN"), ": max |packed - dequantized| ", diff_loaded,
+            " (quantize() on the packed engine: ", diff_direct, "), bound ", bound, "; quantization moved logits by ", moved,
+            "; weights ", sl.weight_bytes, " vs ", sd.weight_bytes, " bytes");
+    CHECK(diff_loaded <= bound);
+    CHECK(diff_direct <= bound);
+    if (v.policy.bits == 4 && v.family != "bloom") {
+      CHECK(moved > 4.0 * bound);
+    }
+  }
 }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace qprob::test {
@@ -39,31 +40,59 @@ std::vector<double> dequantized_weight(const Quantized& q, std::int64_t n, std::
   return deq;
 }
 
-/// Compares y (m x n fp16, dense) with the double product x (m x k, row stride ldx) deq^T: the count of outputs
-/// outside the tolerance above, and the worst error over rms(y_ref) in `worst`.
-inline std::size_t product_errors(const std::vector<half_t>& x, std::int64_t ldx, const std::vector<double>& deq,
-                                  const std::vector<half_t>& y, std::int64_t m, std::int64_t n, std::int64_t k, double& worst) {
-  std::vector<double> ref(static_cast<std::size_t>(m * n));
+/// The double product x (m x k, row stride ldx) deq^T (m x n) and its root mean square.
+struct product_reference {
+  std::vector<double> y;
   double rms = 0;
+};
+
+inline product_reference reference_product(const std::vector<half_t>& x, std::int64_t ldx, const std::vector<double>& deq, std::int64_t m,
+                                           std::int64_t n, std::int64_t k) {
+  product_reference ref{std::vector<double>(static_cast<std::size_t>(m * n)), 0.0};
   for (std::int64_t r = 0; r < m; ++r) {
     for (std::int64_t c = 0; c < n; ++c) {
       double acc = 0;
       for (std::int64_t i = 0; i < k; ++i) {
         acc += to_double(x[static_cast<std::size_t>(r * ldx + i)]) * deq[static_cast<std::size_t>(c * k + i)];
       }
-      ref[static_cast<std::size_t>(r * n + c)] = acc;
-      rms += acc * acc;
+      ref.y[static_cast<std::size_t>(r * n + c)] = acc;
+      ref.rms += acc * acc;
     }
   }
-  rms = std::sqrt(rms / static_cast<double>(ref.size()));
-  std::size_t bad = rms > 0.0 ? 0 : ref.size();  // an all-zero reference would make the check meaningless
-  worst           = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double err = std::abs(to_double(y[i]) - ref[i]);
-    worst            = std::max(worst, err / rms);
-    bad += !(err <= std::ldexp(std::abs(ref[i]), -10) + 1e-4 * rms) ? 1 : 0;
+  ref.rms = std::sqrt(ref.rms / static_cast<double>(ref.y.size()));
+  return ref;
+}
+
+/// The count of outputs y (dense, fp16 or float32) outside the tolerance around base + ref (base: what an
+/// accumulating product added to; empty: zeros), and the worst error over rms(ref) in `worst`. fp16 y: the
+/// bound above. float32 y (no rounding to 16 bits): 2^-12 (|ref| + |base|) + 1e-5 rms(ref), the float32 sums'
+/// error with margin, still far below the error of any wrong operand.
+template <class Y>
+std::size_t count_product_errors(const product_reference& ref, const std::vector<Y>& y, double& worst, const std::vector<float>& base = {}) {
+  constexpr bool half_y = std::is_same_v<Y, half_t>;
+  std::size_t bad       = ref.rms > 0.0 && y.size() == ref.y.size() ? 0 : ref.y.size() + 1;  // an all-zero reference checks nothing
+  worst                 = 0;
+  for (std::size_t i = 0; i < ref.y.size() && i < y.size(); ++i) {
+    const double b   = base.empty() ? 0.0 : static_cast<double>(base[i]);
+    double got = 0;
+    if constexpr (half_y) {
+      got = to_double(y[i]);
+    } else {
+      got = static_cast<double>(y[i]);
+    }
+    const double err = std::abs(got - (b + ref.y[i]));
+    worst            = std::max(worst, err / ref.rms);
+    const double tol = half_y ? std::ldexp(std::abs(ref.y[i]), -10) + 1e-4 * ref.rms
+                              : std::ldexp(std::abs(ref.y[i]) + std::abs(b), -12) + 1e-5 * ref.rms;
+    bad += !(err <= tol) ? 1 : 0;
   }
   return bad;
+}
+
+/// Compares fp16 y (m x n, dense) with the double product x deq^T: count_product_errors of reference_product.
+inline std::size_t product_errors(const std::vector<half_t>& x, std::int64_t ldx, const std::vector<double>& deq,
+                                  const std::vector<half_t>& y, std::int64_t m, std::int64_t n, std::int64_t k, double& worst) {
+  return count_product_errors(reference_product(x, ldx, deq, m, n, k), y, worst);
 }
 
 }  // namespace qprob::test

@@ -5,7 +5,8 @@
 // asymmetric, groups 32 / 64 / 128 / per channel, act-order g_idx (every group exactly group-width columns, in a
 // random order, as GPTQ writes them), M and N with partial 128-tiles (M = 1, 77, 300; N = 136, 1000), K of one
 // to many 64-wide k tiles (the pipeline's prologue, steady state and drain, both register sets), a row stride
-// larger than K. Outputs are poisoned first.
+// larger than K; fp16 and float32 outputs, the latter also accumulated onto existing values (the engine's residual
+// stream). Outputs are poisoned first.
 //
 // Tolerance (tests/unit/quant/product_check.hpp): float32 accumulation and one fp16 rounding, |y - y_ref| <=
 // 2^-10 |y_ref| + 1e-4 rms(y_ref); a wrong swizzle, descriptor, k step, code, scale, zero, group or fragment
@@ -62,26 +63,46 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
   qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
   qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
-  qprob::device_buffer<qprob::half_t> d_y(m * n, s);
-  d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
   const auto xv = qprob::device_view<const qprob::half_t, 2>(d_x.data(), {m, k}, {ldx, 1});
   const auto qv = std::as_const(d_q).view(P::packed_words(k), n);
   const auto sv = std::as_const(d_s).view(P::groups(k), n);
   const auto zv = std::as_const(d_z).view(P::groups(k), n);
   REQUIRE(qprob::quant::mma_layout_supported<P>(n, k, g_idx));
-  const auto mw = qprob::quant::repack_for_mma<P>(qv, sv, zv, g_idx, s);
-  qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s);
-  const auto y = d_y.to_host();
-  double worst    = 0;
-  const auto bad  = qprob::test::product_errors(x, ldx, deq, y, m, n, k, worst);
+  const auto mw  = qprob::quant::repack_for_mma<P>(qv, sv, zv, g_idx, s);
+  const auto ref = qprob::test::reference_product(x, ldx, deq, m, n, k);
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(Stages);
   CAPTURE(act_order);
   CAPTURE(m);
   CAPTURE(n);
   CAPTURE(k);
-  CAPTURE(worst);
-  CHECK(bad == 0);
+  double worst = 0;
+  {  // fp16 y
+    qprob::device_buffer<qprob::half_t> d_y(m * n, s);
+    d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
+    qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s);
+    const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst);
+    CAPTURE(worst);
+    CHECK(bad == 0);
+  }
+  // float32 y, written (over NaN) and accumulated onto random values (the residual stream's epilogue)
+  std::vector<float> base(static_cast<std::size_t>(m * n));
+  for (auto& v : base) {
+    v = static_cast<float>(ref.rms * nd(rng));
+  }
+  for (const bool accumulate : {false, true}) {
+    qprob::device_buffer<float> d_y(m * n, s);
+    if (accumulate) {
+      d_y = qprob::device_buffer<float>(std::span<const float>(base), s);
+    } else {
+      d_y.fill_bytes(0xff);
+    }
+    qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s, accumulate);
+    const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst, accumulate ? base : std::vector<float>{});
+    CAPTURE(accumulate);
+    CAPTURE(worst);
+    CHECK(bad == 0);
+  }
 }
 
 }  // namespace
@@ -130,4 +151,5 @@ TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the
                                                   std::as_const(z2).view(P::groups(k2), n), {}, s);
   qprob::device_buffer<qprob::half_t> x(m * 2 * k2, s), y(m * n, s);
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, 2 * k2), mw, y.view(m, n), s), qprob::invalid_argument);
+  CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, k2), mw, y.view(m, n), s, true), qprob::invalid_argument);  // fp16 y
 }
