@@ -65,12 +65,15 @@ const model::model_config& engine::config() const noexcept { return impl_->confi
 activation_type engine::dtype() const noexcept { return impl_->dtype(); }
 std::int64_t engine::max_length() const noexcept { return impl_->max_length(); }
 std::string engine::name() const {
+  std::string n = "qprob-cuda";
   switch (impl_->dtype()) {
-    case activation_type::f16: return "qprob-cuda-f16";
-    case activation_type::bf16: return "qprob-cuda-bf16";
-    case activation_type::f32: return "qprob-cuda-f32";
+    case activation_type::f16: n += "-f16"; break;
+    case activation_type::bf16: n += "-bf16"; break;
+    case activation_type::f32: n += "-f32"; break;
   }
-  return "qprob-cuda";
+  // Packed block linears go through the fused GEMM: another summation order, so evaluations (and compare's
+  // caches, keyed on the scorer's name) keep the two apart.
+  return impl_->stats().packed_linears > 0 ? n + "-packed" : n;
 }
 
 std::vector<request_score> engine::score(std::span<const token_request> requests, bool token_logprobs, bool share_prefixes) {

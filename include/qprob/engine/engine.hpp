@@ -157,7 +157,9 @@ public:
   [[nodiscard]] const model::model_config& config() const noexcept;
   [[nodiscard]] activation_type dtype() const noexcept;
   [[nodiscard]] std::int64_t max_length() const noexcept;
-  [[nodiscard]] std::string name() const;  ///< "qprob-cuda-f16" / "qprob-cuda-bf16" / "qprob-cuda-f32"
+  /// "qprob-cuda-f16" / "qprob-cuda-bf16" / "qprob-cuda-f32", with "-packed" appended while block linears are held
+  /// packed (engine_options::quantized), so that results and caches tell the two computations apart.
+  [[nodiscard]] std::string name() const;
 
   /// lm-eval loglikelihood of every request; result i answers requests[i], bit-identical whatever the other
   /// requests are. `share_prefixes=false` computes each request's context separately (same results).

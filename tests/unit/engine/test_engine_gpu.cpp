@@ -635,6 +635,20 @@ TEST_CASE("packed quantized linears (fused GEMM) give the dequantized forward's 
       CHECK(sl.unpacked_reason.find("K=200") != std::string::npos);
     }
     CHECK_THROWS_AS((void)direct.quantize(s, windows), qprob::invalid_argument);  // its linears are codes now
+    CHECK(dense.name() == "qprob-cuda-f16");
+    CHECK(loaded.name() == "qprob-cuda-f16-packed");
+
+    // Batch invariance holds for packed linears too: a request's scores do not depend on its batch.
+    std::vector<owned> reqs;
+    for (int i = 0; i < 6; ++i) {
+      reqs.push_back({random_tokens(rng, 5 + 7 * static_cast<std::size_t>(i), cfg.vocab_size), random_tokens(rng, 3, cfg.vocab_size)});
+    }
+    const auto rv  = views(reqs);
+    const auto all = loaded.score(rv, true);
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      const auto one = loaded.score(std::span(rv).subspan(i, 1), true);
+      CHECK(same_bits(all[i], one[0]));
+    }
 
     double max_ref = 0, diff_loaded = 0, diff_direct = 0, moved = 0;
     for (int w = 0; w < 3; ++w) {
