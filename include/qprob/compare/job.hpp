@@ -533,8 +533,9 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
 
   // ---- phase 3: quantized model ----------------------------------------------------------------------------
   auto& quantized           = backend.quantized_scorer(ckpt);
-  if (const auto note = backend.quantized_note(); !note.empty()) {
-    log("quantized model: " + note);
+  const auto quantized_note = backend.quantized_note();
+  if (!quantized_note.empty()) {
+    log("quantized model: " + quantized_note);
   }
   const auto quant_results = evaluate_all(quantized, backend.max_length(),
                                           "files:" + model_hash + "+gptq:" + ckpt_hash, "quantized",
@@ -627,8 +628,13 @@ inline compare_outcome run_compare(const compare_options& opt, compare_backend& 
                           {"limit", opt.limit ? ojson(*opt.limit) : ojson(nullptr)}, {"batch_size", opt.batch_size_arg},
                           {"num_fewshot", 0}, {"max_length", backend.max_length()}};
   doc["metric_options"] = std::move(mob);
+  const std::string precision =
+      opt.device == "cpu" ? std::string("float64 host reference; quantized linears as fp16 dequantized weights")
+                          : "GPU engine: " + std::string(scorer_name.find("bf16") != std::string::npos ? "bf16" : "fp16") +
+                                " weights and activations, float32 accumulation and residual stream; quantized model: " +
+                                (quantized_note.empty() ? std::string("fp16 dequantized weights") : quantized_note);
   doc["software"] = ojson{{"qprob_version", version_string}, {"device", opt.device}, {"scorer", scorer_name},
-                          {"precision", "float64 host reference; quantized linears as fp16 dequantized weights"},
+                          {"quantized_scorer", quantized.name()}, {"precision", precision},
 #if defined(__clang__)
                           {"compiler", "clang " __clang_version__},
 #elif defined(__GNUC__)
