@@ -552,13 +552,12 @@ public:
         }
       }
       stream_.synchronize();
-      weight_bytes_ = count_weight_bytes();
     }
   }
 
   [[nodiscard]] engine_stats stats() const override {
     engine_stats s = stats_;
-    s.weight_bytes = weight_bytes_;
+    s.weight_bytes = count_weight_bytes();
     for (const auto& L : layers_) {
       s.packed_linears += static_cast<std::int64_t>(L.qkv.packed.size() + L.o.packed.size() + L.up.packed.size() + L.down.packed.size());
     }
@@ -612,7 +611,6 @@ private:
       alibi_ = device_buffer<float>(std::span<const float>(f), stream_);
       stream_.synchronize();
     }
-    weight_bytes_ = count_weight_bytes();
     const auto smem = kernels::attention_smem_bytes(static_cast<int>(cfg_.head_dim));
     dpl_            = static_cast<int>((cfg_.head_dim + 31) / 32);
     with_dpl(dpl_, [&](auto k) {
@@ -1017,7 +1015,6 @@ private:
     if (covered == lin.out) {
       lin.w = device_buffer<Act>();
     }
-    weight_bytes_ = count_weight_bytes();
   }
 
   /// BLOOM's fused query_key_value (rows interleaved per head, model::bloom_qkv_row) with its output features
@@ -1320,7 +1317,6 @@ private:
   /// quantized_linears::packed: the block linears (layer, checkpoint role) the fused GEMM refused, with the reason.
   std::map<std::pair<std::int64_t, model::tensor_role>, std::string> unpacked_;
   std::string last_unpacked_;
-  std::int64_t weight_bytes_   = 0;
 
   device_buffer<token_id> tokens_dev_;
   device_buffer<std::int32_t> positions_dev_, selected_dev_;
