@@ -1017,6 +1017,20 @@ private:
     }
   }
 
+  /// Copies output feature `from` of src (whose word rows and groups are src_n entries apart) to feature `to` of
+  /// dst (dst_n apart): its word of every qweight row, its scale and zero point of every group.
+  static void copy_feature(const reference::quantized_weight& src, std::int64_t src_n, std::int64_t from,
+                           reference::quantized_weight& dst, std::int64_t dst_n, std::int64_t to, std::int64_t word_rows,
+                           std::int64_t groups) {
+    for (std::int64_t r = 0; r < word_rows; ++r) {
+      dst.qweight[static_cast<std::size_t>(r * dst_n + to)] = src.qweight[static_cast<std::size_t>(r * src_n + from)];
+    }
+    for (std::int64_t g = 0; g < groups; ++g) {
+      dst.scales[static_cast<std::size_t>(g * dst_n + to)] = src.scales[static_cast<std::size_t>(g * src_n + from)];
+      dst.zeros[static_cast<std::size_t>(g * dst_n + to)]  = src.zeros[static_cast<std::size_t>(g * src_n + from)];
+    }
+  }
+
   /// BLOOM's fused query_key_value (rows interleaved per head, model::bloom_qkv_row) with its output features
   /// (qweight, scales and zero-point columns) in the engine's q | k | v order.
   [[nodiscard]] reference::quantized_weight bloom_rows_to_engine(const reference::quantized_weight& q) const {
@@ -1030,14 +1044,7 @@ private:
     for (int which = 0; which < 3; ++which) {
       for (std::int64_t h = 0; h < cfg_.num_heads; ++h) {
         for (std::int64_t d = 0; d < D; ++d) {
-          const auto to = which * part + h * D + d, from = model::bloom_qkv_row(which, h, d, D);
-          for (std::int64_t r = 0; r < word_rows; ++r) {
-            out.qweight[static_cast<std::size_t>(r * n + to)] = q.qweight[static_cast<std::size_t>(r * n + from)];
-          }
-          for (std::int64_t g = 0; g < groups; ++g) {
-            out.scales[static_cast<std::size_t>(g * n + to)] = q.scales[static_cast<std::size_t>(g * n + from)];
-            out.zeros[static_cast<std::size_t>(g * n + to)]  = q.zeros[static_cast<std::size_t>(g * n + from)];
-          }
+          copy_feature(q, n, model::bloom_qkv_row(which, h, d, D), out, n, which * part + h * D + d, word_rows, groups);
         }
       }
     }
@@ -1132,14 +1139,7 @@ private:
       const auto& src = qkv[static_cast<std::size_t>(which)].weight;
       for (std::int64_t h = 0; h < heads; ++h) {
         for (std::int64_t d = 0; d < D; ++d) {
-          const auto from = h * D + d, to = model::bloom_qkv_row(which, h, d, D);
-          for (std::int64_t r = 0; r < words; ++r) {
-            out.weight.qweight[static_cast<std::size_t>(r * 3 * part + to)] = src.qweight[static_cast<std::size_t>(r * part + from)];
-          }
-          for (std::int64_t g = 0; g < groups; ++g) {
-            out.weight.scales[static_cast<std::size_t>(g * 3 * part + to)] = src.scales[static_cast<std::size_t>(g * part + from)];
-            out.weight.zeros[static_cast<std::size_t>(g * 3 * part + to)]  = src.zeros[static_cast<std::size_t>(g * part + from)];
-          }
+          copy_feature(src, part, h * D + d, out.weight, 3 * part, model::bloom_qkv_row(which, h, d, D), words, groups);
         }
       }
       const auto& rep = qkv[static_cast<std::size_t>(which)].report;
