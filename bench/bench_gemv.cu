@@ -5,7 +5,8 @@
 // scales + zeros + x; cuBLAS: the fp16 weight + x), frac_of_copy (over the device copy bandwidth measured here).
 // GEMM (M >= 512) counters: TFLOP/s (2 M N K). tools/gpu_summary.py divides the cuBLAS time by the int time of
 // the same shape from this one run (the issue's goals: >= 3.5x for 1-16 rows, >= 0.8x for M >= 512). L2 is
-// flushed before every iteration.
+// flushed before every iteration (bench_common.hpp: by reading; QPROB_BENCH_FLUSH=write for cudaMemset).
+// BM_read_roofline streams the int4 GEMV's bytes with a plain read: the bound on any GEMV's time.
 //
 //   bench_gemv --benchmark_min_time=0.2s
 #include <qprob/core/cublas.hpp>
@@ -125,6 +126,32 @@ void BM_int_gemv(benchmark::State& state) {
       benchmark::Counter(in.bytes() / qprob::bench::measured_copy_bandwidth(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The memory roofline of a GEMV: the time to stream the same bytes as the int4 g128 GEMV of this shape reads
+/// (codes, scales, zeros, x), with a plain vectorized read (qprob::bench::l2_read_kernel) from a cold L2, `blocks
+/// per SM` (4th argument) blocks of 256 threads. No GEMV over these bytes can take less; the empty launch
+/// (BM_empty_launch) is the fixed cost in every timed iteration.
+void BM_read_roofline(benchmark::State& state) {
+  using P      = p::int4_g128;
+  const auto m = state.range(0), n = state.range(1), k = state.range(2);
+  const auto bytes = (P::packed_words(k) * n * 4 + P::groups(k) * n * 3 + m * k * 2 + 15) / 16 * 16;
+  qprob::stream s;
+  qprob::device_buffer<std::uint8_t> buf(bytes, s);
+  qprob::device_buffer<unsigned> sink(1, s);
+  buf.fill_bytes(1);
+  const auto blocks = static_cast<unsigned>(state.range(3) * qprob::current_device_info().sm_count);
+  qprob::bench::time_iterations(state, s, [&] {
+    qprob::bench::l2_read_kernel<<<blocks, 256, 0, s.get()>>>(reinterpret_cast<const uint4*>(buf.data()), bytes / 16, sink.data());
+  });
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// An empty kernel, timed like every benchmark here (events around one launch after the L2 flush).
+__global__ void empty_kernel() {}
+void BM_empty_launch(benchmark::State& state) {
+  qprob::stream s;
+  qprob::bench::time_iterations(state, s, [&] { empty_kernel<<<1, 32, 0, s.get()>>>(); });
+}
+
 /// The tensor-core kernel with explicit launch shape (warps per block, word rows per lane and stage, the
 /// occupancy its registers are fitted to), to choose int_gemv's defaults from measurements: rows <= 8 use
 /// XGroups 1, rows <= 16 XGroups 2.
@@ -140,11 +167,10 @@ void BM_int4_gemv_variant(benchmark::State& state) {
   const gemv_inputs<P> in(m, n, k, s);
   qprob::device_buffer<qprob::half_t> y(m * n, s), y_ref(m * n, s);
   qprob::device_buffer<float> ws(qprob::quant::int_gemv_workspace<P>(m, k, n), s);
-  const auto tiles = static_cast<unsigned>((n + qprob::quant::gemv_detail::kMmaCols - 1) / qprob::quant::gemv_detail::kMmaCols);
-  const auto run   = [&] {
-    qprob::quant::gemv_detail::gemv_mma_kernel<P, XGroups, Warps, Unroll, MinBlocks><<<tiles, Warps * 32, 0, s.get()>>>(
-        in.x.data(), k, static_cast<int>(m), in.q.data(), in.sc.data(), in.z.data(), static_cast<int>(k), static_cast<int>(n),
-        y.data(), n);
+  const auto run = [&] {
+    qprob::quant::gemv_detail::launch_gemv_mma<P, XGroups, Warps, Unroll, MinBlocks>(in.x.data(), k, static_cast<int>(m), in.q.data(),
+                                                                                     in.sc.data(), in.z.data(), static_cast<int>(k),
+                                                                                     static_cast<int>(n), y.data(), n, s.get());
   };
   // Checked against int_gemv's default launch before timing: the two differ only in how K is split over warps
   // (float32 partial sums, one fp16 rounding), far inside 2e-3 relative; a wrong variant is reported, not timed.
@@ -251,16 +277,24 @@ void BM_dequant_cublas(benchmark::State& state) {
 
 #define QPROB_GEMV_VARIANT_SHAPES(B) \
   B->Args({1, 11008, 4096})->Args({1, 4096, 11008})->Args({8, 11008, 4096})->Args({16, 11008, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)
-QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 4, 1));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 2, 3));
 QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 4, 3));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 8, 2, 4));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 4, 4, 6));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 16, 4, 1));
 QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 1, 16, 2, 2));
-QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 1));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 1, 3));
 QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 3));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 8, 2, 2));
+QPROB_GEMV_VARIANT_SHAPES(BENCHMARK_TEMPLATE(BM_int4_gemv_variant, 2, 16, 2, 1));
 
 #define QPROB_GEMV_SHAPES(B)                                                                                      \
   B->Args({1, 11008, 4096})->Args({4, 11008, 4096})->Args({8, 11008, 4096})->Args({16, 11008, 4096})            \
       ->Args({1, 4096, 11008})->Args({16, 4096, 11008})->UseManualTime()->Unit(benchmark::kMicrosecond)
 QPROB_GEMV_SHAPES(BENCHMARK(BM_cublas_fp16));
+BENCHMARK(BM_read_roofline)->Args({1, 11008, 4096, 2})->Args({1, 11008, 4096, 4})->Args({1, 11008, 4096, 8})->Args({16, 11008, 4096, 4})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_empty_launch)->UseManualTime()->Unit(benchmark::kMicrosecond);
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int4_g128));
 QPROB_GEMV_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemv, p::int8_g128));
 

@@ -115,16 +115,19 @@ def gemv_table(merged):
         return parts[0], "/".join(p for p in parts[1:] if p != "manual_time")
     references = ("BM_cublas_fp16", "BM_cublas_fp16_gemm")
     cublas = {ref: {key(b["name"])[1]: b["real_time"] for b in bench if key(b["name"])[0] == ref} for ref in references}
-    sections = (("int GEMV vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16", "goal >= 3.5x, M <= 16", ("BM_int_gemv", "BM_int4_gemv_variant", "BM_int4_gemv_act_order")),
+    # BM_read_roofline (streaming the int4 GEMV's bytes; 4th argument: blocks per SM) is the bound on any GEMV's speedup.
+    sections = (("int GEMV vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16", "goal >= 3.5x, M <= 16",
+                 ("BM_int_gemv", "BM_int4_gemv_variant", "BM_int4_gemv_act_order", "BM_read_roofline")),
                 ("int GEMM vs cuBLAS fp16 (M/N/K)", "BM_cublas_fp16_gemm", "goal >= 0.8x, M >= 512", ("BM_int_gemm", "BM_dequant_cublas")))
     for title, ref, goal, prefixes in sections:
         rows = []
         for b in bench:
-            kind, shape = key(b["name"])
+            kind, label_shape = key(b["name"])
+            shape = "/".join(label_shape.split("/")[:3]) if kind == "BM_read_roofline" else label_shape
             if not kind.startswith(prefixes) or shape not in cublas[ref] or b.get("error_occurred") or not b.get("real_time"):
                 continue  # skipped benchmarks (a variant's row count out of range) have no time
             policy = kind.split("::")[-1].rstrip(">") if "::" in kind else kind
-            rows.append((policy + " " + shape, b["real_time"], cublas[ref][shape]))
+            rows.append((policy + " " + label_shape, b["real_time"], cublas[ref][shape]))
         if rows:
             print(f"\n{title:<56}{'time':>10}{'cuBLAS':>10}{'speedup':>9}  ({goal})")
             for label, t, c in rows:

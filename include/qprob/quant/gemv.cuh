@@ -16,8 +16,10 @@
 //   Those are the A operand of mma.m16n8k16 (A rows = output columns, B columns = rows of x). The k order inside
 //   an mma is free as long as A and B agree: lane t's slots hold the codes of its own word, paired (j, j + V/2)
 //   as the exponent trick extracts them, and B takes x at the same positions (one byte_perm per pair). The
-//   block's warps split K into contiguous ranges and add their partial tiles in shared memory in warp order:
-//   deterministic, no atomics, one kernel.
+//   block's warps split K into contiguous ranges of whole stages and add their partial tiles in shared memory in
+//   warp order: deterministic, no atomics, one kernel. Where a stage of word rows lies in one group (g128), the
+//   four columns' scales and zeros are loaded and prepared once per stage. The kernel is bound by bytes in flight
+//   and instructions, not by DRAM locality (docs/performance.md measures the alternatives).
 // * generic (3 bits, act-order g_idx, odd shapes): a thread owns 2 adjacent columns and one split-K slice, x's
 //   slice in shared memory, float32 FMAs; slices are added in order by a second kernel.
 #include <qprob/core/cuda_check.hpp>
@@ -162,32 +164,70 @@ QPROB_DEVICE QPROB_FORCEINLINE void mma_16816(float (&c)[4], std::uint32_t a0, s
 QPROB_DEVICE QPROB_FORCEINLINE std::uint32_t h2_bits(__half2 h) { return *reinterpret_cast<std::uint32_t*>(&h); }
 QPROB_DEVICE QPROB_FORCEINLINE __half2 bits_h2(std::uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 
+/// Per output column, what the dequantization of its codes needs, as fp16 pairs (both halves equal): the
+/// scale, 1024 + zero (the exponent-trick bias) and, for 4 bits, -(64 + zero).
+struct column_dequant {
+  std::uint32_t scale, zero_1024, neg_zero_64;
+};
+
+/// The four columns' entries from their 4 scales (8 bytes) and 4 zero points (bytes): one byte_perm each for the
+/// scale and 1024 + zero (byte 0x64 over the zero's byte), two operations for -(64 + zero) (zero < 16 at 4 bits).
+template <quantized_policy P>
+QPROB_DEVICE QPROB_FORCEINLINE void column_entries(uint2 s4, std::uint32_t z4, column_dequant (&out)[4]) {
+  QPROB_UNROLL
+  for (int c = 0; c < 4; ++c) {
+    out[c].scale     = __byte_perm(c < 2 ? s4.x : s4.y, 0, c % 2 == 0 ? 0x1010 : 0x3232);
+    out[c].zero_1024 = __byte_perm(z4, 0x64u, static_cast<unsigned>(c | 4 << 4 | c << 8 | 4 << 12));
+    if constexpr (P::bits == 4) {
+      out[c].neg_zero_64 = 0xd400d400u | ((out[c].zero_1024 & 0x000f000fu) << 4);
+    } else {
+      out[c].neg_zero_64 = 0u;
+    }
+  }
+}
+
 /// The V codes of a word as V/2 fp16 pairs (codes j and j + V/2), each scale * (code - zero) rounded to fp16:
 /// (0x6400 | code) is the fp16 1024 + code; minus 1024 + zero is code - zero exactly; the product rounds once.
+/// 4 bits: pairs 1 and 3 are taken in place from the high nibbles, (0x6400 | 16 code) = 1024 + 16 code, and
+/// (1024 + 16 code) / 16 - (64 + zero) = code - zero in one exact fma: one shift per word instead of three.
 template <quantized_policy P>
-QPROB_DEVICE QPROB_FORCEINLINE void dequant_word(std::uint32_t word, __half2 zero_1024, __half2 scale,
-                                                 std::uint32_t (&out)[P::pack_block_values / 2]) {
-  constexpr int V               = P::pack_block_values;
-  constexpr std::uint32_t mask2 = ((1u << P::bits) - 1u) * 0x00010001u;
-  QPROB_UNROLL
-  for (int p = 0; p < V / 2; ++p) {
-    const std::uint32_t biased = ((word >> (P::bits * p)) & mask2) | 0x64006400u;
-    out[p]                     = h2_bits(__hmul2(__hsub2(bits_h2(biased), zero_1024), scale));
+QPROB_DEVICE QPROB_FORCEINLINE void dequant_word(std::uint32_t word, const column_dequant& cd, std::uint32_t (&out)[P::pack_block_values / 2]) {
+  constexpr int V = P::pack_block_values;
+  const __half2 zero_1024 = bits_h2(cd.zero_1024), scale = bits_h2(cd.scale);
+  if constexpr (P::bits == 4) {
+    const __half2 sixteenth = bits_h2(0x2c002c00u), neg_zero_64 = bits_h2(cd.neg_zero_64);
+    const std::uint32_t hi  = word >> 8;
+    out[0] = h2_bits(__hmul2(__hsub2(bits_h2((word & 0x000f000fu) | 0x64006400u), zero_1024), scale));
+    out[1] = h2_bits(__hmul2(__hfma2(bits_h2((word & 0x00f000f0u) | 0x64006400u), sixteenth, neg_zero_64), scale));
+    out[2] = h2_bits(__hmul2(__hsub2(bits_h2((hi & 0x000f000fu) | 0x64006400u), zero_1024), scale));
+    out[3] = h2_bits(__hmul2(__hfma2(bits_h2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, neg_zero_64), scale));
+  } else {
+    constexpr std::uint32_t mask2 = ((1u << P::bits) - 1u) * 0x00010001u;
+    QPROB_UNROLL
+    for (int p = 0; p < V / 2; ++p) {
+      const std::uint32_t biased = ((word >> (P::bits * p)) & mask2) | 0x64006400u;
+      out[p]                     = h2_bits(__hmul2(__hsub2(bits_h2(biased), zero_1024), scale));
+    }
   }
 }
 
 /// y (rows x N) = x W^T on tensor cores; XGroups = 1 for rows <= 8, 2 for rows <= 16. Block: Warps warps over one
-/// 32-column tile, each warp a contiguous range of word rows, Unroll word rows per lane per load stage;
-/// MinBlocks is the occupancy the register budget is fitted to. See the header comment for the fragment layout.
-template <quantized_policy P, int XGroups, int Warps, int Unroll = (XGroups == 1 ? 4 : 2), int MinBlocks = 1>
+/// 32-column tile, each warp a contiguous range of word rows, taken in stages of Unroll word rows per lane (4 *
+/// Unroll per warp; ranges start at stage boundaries); MinBlocks is the occupancy the register budget is fitted
+/// to. StageGroups: every stage lies inside one group (the words per group are a multiple of the stage, or there
+/// is one group), so the four columns' scales and zeros are loaded and prepared once per stage, and the group
+/// advances by counting, without a division; otherwise per word row. See the header comment for the fragments.
+/// The kernel is bound by instructions issued, not by DRAM (docs/performance.md), hence the per-stage hoisting.
+template <quantized_policy P, int XGroups, int Warps, int Unroll, int MinBlocks, bool StageGroups>
 __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const half_t* __restrict__ x, std::int64_t ldx, int rows,
-                                                              const std::uint32_t* __restrict__ qweight,
-                                                              const half_t* __restrict__ scales,
-                                                              const std::uint8_t* __restrict__ zeros, int k, int n,
-                                                              half_t* __restrict__ y, std::int64_t ldy) {
+                                                                          const std::uint32_t* __restrict__ qweight,
+                                                                          const half_t* __restrict__ scales,
+                                                                          const std::uint8_t* __restrict__ zeros, int k, int n,
+                                                                          half_t* __restrict__ y, std::int64_t ldy) {
   constexpr int V      = P::pack_block_values;  // codes per word
   constexpr int Pairs  = V / 2;
   constexpr int Steps  = V / 4;  // mma k-steps per word: each takes two pairs per A row
+  constexpr int Stage  = 4 * Unroll;  // word rows per warp stage
   __shared__ float partial[Warps][XGroups * 8][32];
 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -195,32 +235,40 @@ __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const h
   const int col      = static_cast<int>(blockIdx.x) * kMmaCols + 4 * g;  // this lane's columns col .. col + 3
   const bool col_ok  = col < n;                                          // N % 4 == 0: all four or none
   const int words    = k / V;
-  const int gw       = static_cast<int>(P::group_width(k));
-  const int per_warp = ((words + Warps - 1) / Warps + 3) / 4 * 4;
+  const int wpg      = static_cast<int>(P::group_width(k)) / V;  // word rows per group
+  const int per_warp = ((words + Warps - 1) / Warps + Stage - 1) / Stage * Stage;
   const int w_begin  = min(words, warp * per_warp);
   const int w_end    = min(words, w_begin + per_warp);
 
   float acc[XGroups][2][4] = {};
+  // StageGroups: the group of the current stage and the word rows left in it (one division per warp).
+  int group = StageGroups ? w_begin / wpg : 0;
+  int left  = StageGroups ? wpg - (w_begin - group * wpg) : 0;
 
-  // One stage: Unroll word rows per lane (4 * Unroll per warp), with their x values, scales and zeros.
-  struct stage {
+  for (int base = w_begin; base < w_end; base += Stage) {
+    // Loads: all of a stage's before any is used.
     uint4 wq[Unroll];
     std::uint32_t xw[Unroll][XGroups][Pairs];  // V halves of x at word u's positions, in natural order
-    uint2 s4[Unroll];                          // scales of the 4 columns
-    std::uint32_t z4[Unroll];                  // zeros of the 4 columns (bytes)
-    bool live[Unroll];                         // the word row exists and so do the columns
-  };
-  const auto load = [&](int base, stage& st) {
+    uint2 s4[StageGroups ? 1 : Unroll];
+    std::uint32_t z4[StageGroups ? 1 : Unroll];
+    if constexpr (StageGroups) {
+      if (col_ok) {
+        const std::int64_t at = static_cast<std::int64_t>(group) * n + col;
+        s4[0] = __ldg(reinterpret_cast<const uint2*>(scales + at));
+        z4[0] = __ldg(reinterpret_cast<const unsigned int*>(zeros + at));
+      }
+    }
     QPROB_UNROLL
     for (int u = 0; u < Unroll; ++u) {
       const int r     = base + 4 * u + t;
       const bool r_ok = r < w_end;
-      st.live[u]      = r_ok && col_ok;
-      if (st.live[u]) {
-        const std::int64_t at = static_cast<std::int64_t>((r * V) / gw) * n + col;
-        st.wq[u] = __ldg(reinterpret_cast<const uint4*>(qweight + static_cast<std::int64_t>(r) * n + col));
-        st.s4[u] = __ldg(reinterpret_cast<const uint2*>(scales + at));
-        st.z4[u] = __ldg(reinterpret_cast<const unsigned int*>(zeros + at));
+      if (r_ok && col_ok) {
+        wq[u] = __ldg(reinterpret_cast<const uint4*>(qweight + static_cast<std::int64_t>(r) * n + col));
+        if constexpr (!StageGroups) {
+          const std::int64_t at = static_cast<std::int64_t>(r / wpg) * n + col;
+          s4[u] = __ldg(reinterpret_cast<const uint2*>(scales + at));
+          z4[u] = __ldg(reinterpret_cast<const unsigned int*>(zeros + at));
+        }
       }
       QPROB_UNROLL
       for (int h = 0; h < XGroups; ++h) {
@@ -230,27 +278,36 @@ __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const h
           if constexpr (V >= 8) {
             QPROB_UNROLL
             for (int v = 0; v < V / 8; ++v) {
-              const uint4 q4          = __ldg(reinterpret_cast<const uint4*>(src) + v);
-              st.xw[u][h][4 * v + 0] = q4.x;
-              st.xw[u][h][4 * v + 1] = q4.y;
-              st.xw[u][h][4 * v + 2] = q4.z;
-              st.xw[u][h][4 * v + 3] = q4.w;
+              const uint4 q4       = __ldg(reinterpret_cast<const uint4*>(src) + v);
+              xw[u][h][4 * v + 0] = q4.x;
+              xw[u][h][4 * v + 1] = q4.y;
+              xw[u][h][4 * v + 2] = q4.z;
+              xw[u][h][4 * v + 3] = q4.w;
             }
           } else {
-            const uint2 q2     = __ldg(reinterpret_cast<const uint2*>(src));
-            st.xw[u][h][0] = q2.x;
-            st.xw[u][h][1] = q2.y;
+            const uint2 q2 = __ldg(reinterpret_cast<const uint2*>(src));
+            xw[u][h][0]    = q2.x;
+            xw[u][h][1]    = q2.y;
           }
         } else {
           QPROB_UNROLL
           for (int i = 0; i < Pairs; ++i) {
-            st.xw[u][h][i] = 0u;
+            xw[u][h][i] = 0u;
           }
         }
       }
     }
-  };
-  const auto compute = [&](const stage& st) {
+    column_dequant cd[4] = {};
+    if constexpr (StageGroups) {
+      if (col_ok) {
+        column_entries<P>(s4[0], z4[0], cd);
+      }
+      left -= Stage;
+      if (left == 0) {
+        ++group;
+        left = wpg;
+      }
+    }
     QPROB_UNROLL
     for (int u = 0; u < Unroll; ++u) {
       // B: pair p = (x[j], x[j + V/2]) of the word's positions, as dequant_word pairs the codes.
@@ -259,19 +316,19 @@ __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const h
       for (int h = 0; h < XGroups; ++h) {
         QPROB_UNROLL
         for (int p = 0; p < Pairs; ++p) {
-          b[h][p] = __byte_perm(st.xw[u][h][p / 2], st.xw[u][h][(p + Pairs) / 2], (p % 2) == 0 ? 0x5410 : 0x7632);
+          b[h][p] = __byte_perm(xw[u][h][p / 2], xw[u][h][(p + Pairs) / 2], (p % 2) == 0 ? 0x5410 : 0x7632);
         }
       }
       // A: the lane's four columns, dequantized (zero when the column or the word row does not exist).
       std::uint32_t a[4][Pairs];
-      if (st.live[u]) {
-        const std::uint32_t wv[4] = {st.wq[u].x, st.wq[u].y, st.wq[u].z, st.wq[u].w};
-        const std::uint32_t sv[2] = {st.s4[u].x, st.s4[u].y};
+      if (base + 4 * u + t < w_end && col_ok) {
+        if constexpr (!StageGroups) {
+          column_entries<P>(s4[u], z4[u], cd);
+        }
+        const std::uint32_t wv[4] = {wq[u].x, wq[u].y, wq[u].z, wq[u].w};
         QPROB_UNROLL
         for (int c = 0; c < 4; ++c) {
-          const std::uint32_t sbits = (sv[c / 2] >> (16 * (c % 2))) & 0xffffu;
-          const std::uint32_t zbits = 0x6400u | ((st.z4[u] >> (8 * c)) & 0xffu);  // fp16 1024 + zero
-          dequant_word<P>(wv[c], bits_h2(zbits * 0x00010001u), bits_h2(sbits * 0x00010001u), a[c]);
+          dequant_word<P>(wv[c], cd[c], a[c]);
         }
       } else {
         QPROB_UNROLL
@@ -295,13 +352,6 @@ __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const h
         }
       }
     }
-  };
-  // All loads of a stage are issued before any is used. (Double buffering the stages in registers measured
-  // slower on the H100: 28.5 us instead of 19.6 us at 1 x 4096 x 11008, fewer blocks fit.)
-  for (int base = w_begin; base < w_end; base += 4 * Unroll) {
-    stage st;
-    load(base, st);
-    compute(st);
   }
 
   // C fragment: acc[h][tile] = {y[2t][c0], y[2t+1][c0], y[2t][c1], y[2t+1][c1]} (x rows + 8h), with
@@ -329,6 +379,21 @@ __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const h
     if (row < rows && c < n) {
       y[static_cast<std::int64_t>(row) * ldy + c] = qprob::detail::from_float_device<half_t>(sum);
     }
+  }
+}
+
+/// Launches gemv_mma_kernel over the 32-column tiles of N, with scales and zeros per stage when every stage of
+/// 4 * Unroll word rows lies in one group (int_gemv and bench_gemv).
+template <quantized_policy P, int XGroups, int Warps, int Unroll, int MinBlocks>
+void launch_gemv_mma(const half_t* x, std::int64_t ldx, int rows, const std::uint32_t* qweight, const half_t* scales,
+                     const std::uint8_t* zeros, int k, int n, half_t* y, std::int64_t ldy, cudaStream_t stream) {
+  const auto tiles     = static_cast<unsigned>((n + kMmaCols - 1) / kMmaCols);
+  const auto wpg       = P::group_width(k) / P::pack_block_values;
+  const bool per_stage = wpg % (4 * Unroll) == 0 || P::groups(k) == 1;
+  if (per_stage) {
+    gemv_mma_kernel<P, XGroups, Warps, Unroll, MinBlocks, true><<<tiles, Warps * 32, 0, stream>>>(x, ldx, rows, qweight, scales, zeros, k, n, y, ldy);
+  } else {
+    gemv_mma_kernel<P, XGroups, Warps, Unroll, MinBlocks, false><<<tiles, Warps * 32, 0, stream>>>(x, ldx, rows, qweight, scales, zeros, k, n, y, ldy);
   }
 }
 
@@ -381,21 +446,19 @@ void int_gemv(device_view<const half_t, 2> x, device_view<const std::uint32_t, 2
   QPROB_CHECK(x.stride(1) == 1 && y.stride(1) == 1, "int_gemv: x and y rows must be contiguous");
   if constexpr (gemv_detail::mma_bits<P>) {
     if (int_gemv_path_for<P>(x, qweight, scales, zeros, maybe_g_idx) == int_gemv_path::tensor_cores) {
-      const auto tiles = static_cast<unsigned>((n + gemv_detail::kMmaCols - 1) / gemv_detail::kMmaCols);
-      // Few column tiles (N = 4096: 128 blocks for 132 SMs) get more warps each, to keep enough loads in flight.
-      const bool wide = tiles < 256;
-      const auto go   = [&](auto kernel, int warps) {
-        kernel<<<tiles, static_cast<unsigned>(warps * 32), 0, stream>>>(x.data(), x.stride(0), static_cast<int>(rows),
-                                                                          qweight.data(), scales.data(), zeros.data(),
-                                                                          static_cast<int>(k), static_cast<int>(n),
-                                                                          y.data(), y.stride(0));
+      // Few column tiles (N = 4096: 128 blocks for 132 SMs) get 16 warps each, to keep enough loads in flight;
+      // many tiles (N = 11008: 344 blocks) 8 warps with registers fitted to 3 blocks per SM, so that the grid
+      // runs in one wave. bench_gemv's BM_int4_gemv_variant measures the alternatives.
+      const bool wide = (n + gemv_detail::kMmaCols - 1) / gemv_detail::kMmaCols < 256;
+      const auto go   = [&](auto launch) {
+        launch(x.data(), x.stride(0), static_cast<int>(rows), qweight.data(), scales.data(), zeros.data(), static_cast<int>(k),
+               static_cast<int>(n), y.data(), y.stride(0), stream);
       };
-      // Many tiles (N = 11008: 344 blocks): registers fitted to 3 blocks per SM, so that the grid runs in one
-      // wave (bench_gemv's BM_int4_gemv_variant: 19.2 instead of 24.6 us for 1 row, 22.9 instead of 26.7 us for 16).
+      using namespace gemv_detail;
       if (rows <= 8) {
-        wide ? go(gemv_detail::gemv_mma_kernel<P, 1, 16>, 16) : go(gemv_detail::gemv_mma_kernel<P, 1, 8, 4, 3>, 8);
+        wide ? go(launch_gemv_mma<P, 1, 16, 4, 1>) : go(launch_gemv_mma<P, 1, 8, 4, 3>);
       } else {
-        wide ? go(gemv_detail::gemv_mma_kernel<P, 2, 16>, 16) : go(gemv_detail::gemv_mma_kernel<P, 2, 8, 2, 3>, 8);
+        wide ? go(launch_gemv_mma<P, 2, 16, 2, 1>) : go(launch_gemv_mma<P, 2, 8, 2, 3>);
       }
       QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
       return;
