@@ -12,9 +12,9 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <string_view>
-#include <cstdint>
 #include <vector>
 
 namespace qprob::bench {
@@ -62,6 +62,7 @@ public:
     const char* v = std::getenv("QPROB_BENCH_FLUSH");
     return v != nullptr && std::string_view(v) == "write";
   }
+
 private:
   device_buffer<std::uint8_t> buffer_;
   device_buffer<unsigned> sink_;

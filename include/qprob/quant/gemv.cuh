@@ -217,7 +217,7 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_word(std::uint32_t word, const colum
 /// to. StageGroups: every stage lies inside one group (the words per group are a multiple of the stage, or there
 /// is one group), so the four columns' scales and zeros are loaded and prepared once per stage, and the group
 /// advances by counting, without a division; otherwise per word row. See the header comment for the fragments.
-/// The kernel is bound by instructions issued, not by DRAM (docs/performance.md), hence the per-stage hoisting.
+/// The hoisting cuts the instructions per word row (docs/performance.md: what limits the kernel).
 template <quantized_policy P, int XGroups, int Warps, int Unroll, int MinBlocks, bool StageGroups>
 __global__ void __launch_bounds__(Warps * 32, MinBlocks) gemv_mma_kernel(const half_t* __restrict__ x, std::int64_t ldx, int rows,
                                                                           const std::uint32_t* __restrict__ qweight,
