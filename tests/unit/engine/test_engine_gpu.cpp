@@ -54,7 +54,7 @@ double unit_roundoff(activation_type t) {
 /// The bound of the tiny-model comparison in units of unit_roundoff(t) times max(1, max |logit|). Measured on the
 /// H100 (2026-11-23) over 21 seeds x 13 families x 3-4 lengths, the worst error of a 16-bit engine was 24.0 u (f16)
 /// and 22.7 u (bf16), the median 1-3 u: the tail is heavy (random tiny models draw ill-conditioned layers now and
-/// then), and the earlier 20 u failed about one run in ten. 48 u is twice the worst seen; a bug (a wrong bias,
+/// then), and the earlier 20 u failed 3 of those 21 runs. 48 u is twice the worst seen; a bug (a wrong bias,
 /// rotary angle, head mapping or mask) moves logits by a sizeable fraction of the largest one, hundreds of u. f32
 /// (u taken as 2^-20) reached 3.8 u of its 20.
 double bound_units(activation_type t) { return t == activation_type::f32 ? 20.0 : 48.0; }
