@@ -732,18 +732,37 @@ struct group_sums_params {
   long long* ipart;    ///< per class: 2 slot_group x gridDim.x
 };
 
+/// Dynamic shared memory of group_sums_kernel: the boundaries (nb entries, 16-byte aligned), then each thread's
+/// own slot sums as columns (value[slot][thread], count[slot][thread], flag[slot][thread]), so that an element
+/// costs one read-modify-write of its slot instead of an update of all 16 register slots.
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t group_sums_bound_bytes(int nb) noexcept {
+  return (static_cast<std::size_t>(nb) * sizeof(select_threshold) + 15) / 16 * 16;
+}
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t group_sums_smem(int nb) noexcept {
+  return group_sums_bound_bytes(nb) + static_cast<std::size_t>(slot_group) * pass_threads * (sizeof(double) + 2 * sizeof(int));
+}
+
 __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_params p) {
   const int c = static_cast<int>(blockIdx.y);
-  extern __shared__ select_threshold bd[];  // nb entries when equal_mass
+  extern __shared__ __align__(16) unsigned char group_smem[];
+  auto* bd     = reinterpret_cast<select_threshold*>(group_smem);  // nb entries when equal_mass
+  auto* value  = reinterpret_cast<double*>(group_smem + group_sums_bound_bytes(p.equal_mass ? p.nb : 0));
+  auto* count  = reinterpret_cast<int*>(value + slot_group * pass_threads);
+  auto* flag   = count + slot_group * pass_threads;
+  const int me = static_cast<int>(threadIdx.x);
   if (p.equal_mass) {
-    for (int t = static_cast<int>(threadIdx.x); t < p.nb; t += pass_threads) {
+    for (int t = me; t < p.nb; t += pass_threads) {
       const select_boundary& src = p.boundary[static_cast<std::int64_t>(c) * p.nb + t];
       bd[t]                      = select_threshold{src.prefix, src.bits, src.status};
     }
   }
+  QPROB_UNROLL
+  for (int s = 0; s < slot_group; ++s) {
+    value[s * pass_threads + me] = 0.0;
+    count[s * pass_threads + me] = 0;
+    flag[s * pass_threads + me]  = 0;
+  }
   __syncthreads();
-  slot_sums acc;
-  acc.zero();
   const key_t* ck           = p.keys + static_cast<std::int64_t>(c) * p.n;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * pass_threads;
   constexpr int unroll      = 4;
@@ -761,7 +780,7 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
       }
       const std::int64_t i = base + static_cast<std::int64_t>(u) * pass_threads + threadIdx.x;
       const key_t v        = x[u] & key_value;
-      const double value   = key_to_value(x[u]);
+      const double val     = key_to_value(x[u]);
       int slot             = 0;
       if (p.equal_mass) {
         // number of boundaries at or below the element (monotone in b): binary search
@@ -776,10 +795,23 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
         }
         slot = lo;
       } else {
-        slot = calibration_bin(value, p.bins, p.edges);
+        slot = calibration_bin(val, p.bins, p.edges);
       }
-      acc.add(slot - p.slot0, value, (x[u] & key_flag) != 0);
+      // this thread's column only: the same additions, in the same order, as a register accumulator
+      const int rel = slot - p.slot0;
+      if (rel >= 0 && rel < slot_group) {
+        value[rel * pass_threads + me] += val;
+        count[rel * pass_threads + me] += 1;
+        flag[rel * pass_threads + me] += (x[u] & key_flag) != 0 ? 1 : 0;
+      }
     }
+  }
+  slot_sums acc;
+  QPROB_UNROLL
+  for (int s = 0; s < slot_group; ++s) {
+    acc.value[s] = value[s * pass_threads + me];
+    acc.count[s] = count[s * pass_threads + me];
+    acc.flag[s]  = flag[s * pass_threads + me];
   }
   __shared__ typename cub::BlockReduce<double, pass_threads>::TempStorage dtmp;
   __shared__ typename cub::BlockReduce<long long, pass_threads>::TempStorage itmp;
@@ -792,12 +824,17 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
 /// (value sums) and ires[classes x 2 slot_group] (counts, then flag counts). Scratch: dpart / ipart with
 /// classes x slot_group x grid and classes x 2 slot_group x grid entries, grid = group_sums_grid(n, classes).
 [[nodiscard]] inline int group_sums_grid(std::int64_t n, int classes, int nb) noexcept {
-  const int total = streaming_grid(n * classes, group_sums_kernel, static_cast<std::size_t>(nb) * sizeof(select_threshold));
+  const std::size_t smem = group_sums_smem(nb);
+  if (cudaFuncSetAttribute(group_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
+    (void)cudaGetLastError();  // the launch reports it
+  }
+  const int total = streaming_grid(n * classes, group_sums_kernel, smem);
   return (total + classes - 1) / classes;
 }
 [[nodiscard]] inline cudaError_t launch_group_sums(const group_sums_params& p, int classes, int grid, double* dres, long long* ires,
                                                    cudaStream_t stream) noexcept {
-  const std::size_t smem = p.equal_mass ? static_cast<std::size_t>(p.nb) * sizeof(select_threshold) : 0;
+  const std::size_t smem = group_sums_smem(p.equal_mass ? p.nb : 0);
+  QPROB_CUDA_RETURN(cudaFuncSetAttribute(group_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   group_sums_kernel<<<dim3(static_cast<unsigned>(grid), static_cast<unsigned>(classes)), pass_threads, smem, stream>>>(p);
   QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, classes * slot_group, grid, -1, -1, dres, stream));
