@@ -110,32 +110,13 @@ template <class T>
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Per-thread sums of one group of slot_group consecutive slots (bins or ranges), in registers.
+// Per-thread sums of one group of slot_group consecutive slots (bins or ranges), handed to the block reduction.
 
+/// One thread's sums of slot_group consecutive slots (bins or ranges): value sum, count, flag count.
 struct slot_sums {
   double value[slot_group];
   int count[slot_group];
   int flag[slot_group];
-
-  QPROB_DEVICE void zero() noexcept {
-    QPROB_UNROLL
-    for (int s = 0; s < slot_group; ++s) {
-      value[s] = 0.0;
-      count[s] = 0;
-      flag[s]  = 0;
-    }
-  }
-  /// Adds (v, f) to slot `slot` (relative to the group; anything outside [0, slot_group) is ignored). The
-  /// unrolled select keeps the arrays in registers; adding +0.0 to the other slots leaves them bit-identical.
-  QPROB_DEVICE void add(int slot, double v, bool f) noexcept {
-    QPROB_UNROLL
-    for (int s = 0; s < slot_group; ++s) {
-      const bool m = slot == s;
-      value[s] += m ? v : 0.0;
-      count[s] += m ? 1 : 0;
-      flag[s] += (m && f) ? 1 : 0;
-    }
-  }
 };
 
 /// Block-wide fixed-order sum of one value; thread 0 stores it. Every thread of the block must call it.
