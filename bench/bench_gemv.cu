@@ -109,8 +109,12 @@ struct gemv_inputs {
     qprob::quant::int_gemv<P>(x.view(m, k), q.view(P::packed_words(k), n), sc.view(P::groups(k), n), z.view(P::groups(k), n), nullptr,
                               y.view(m, n), ws.data(), st);
   }
+  /// Bytes an int GEMV of rows x (cols x depth) must read: codes, scales, zero points (one byte each), x.
+  static std::int64_t read_bytes(std::int64_t rows, std::int64_t cols, std::int64_t depth) {
+    return P::packed_words(depth) * cols * 4 + P::groups(depth) * cols * 3 + rows * depth * 2;
+  }
   /// Bytes an int GEMV must read and write.
-  [[nodiscard]] double bytes() const { return static_cast<double>(q.bytes() + sc.bytes() + z.bytes() + m * k * 2 + m * n * 2); }
+  [[nodiscard]] double bytes() const { return static_cast<double>(read_bytes(m, n, k) + m * n * 2); }
 };
 
 template <class P>
@@ -133,7 +137,7 @@ void BM_int_gemv(benchmark::State& state) {
 void BM_read_roofline(benchmark::State& state) {
   using P      = p::int4_g128;
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
-  const auto bytes = (P::packed_words(k) * n * 4 + P::groups(k) * n * 3 + m * k * 2 + 15) / 16 * 16;
+  const auto bytes = (gemv_inputs<P>::read_bytes(m, n, k) + 15) / 16 * 16;
   qprob::stream s;
   qprob::device_buffer<std::uint8_t> buf(bytes, s);
   qprob::device_buffer<unsigned> sink(1, s);

@@ -801,22 +801,25 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
                       p.ipart + static_cast<std::int64_t>(c) * 2 * slot_group * blocks, blocks, static_cast<int>(blockIdx.x), dtmp, itmp);
 }
 
+/// Raises group_sums_kernel's dynamic shared-memory limit for nb boundaries (idempotent), as prepare_sample_pass.
+[[nodiscard]] inline cudaError_t prepare_group_sums(int nb) noexcept {
+  return cudaFuncSetAttribute(group_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(group_sums_smem(nb)));
+}
 /// Group sums of slots [slot0, slot0 + slot_group) for every class, reduced into dres[classes x slot_group]
 /// (value sums) and ires[classes x 2 slot_group] (counts, then flag counts). Scratch: dpart / ipart with
 /// classes x slot_group x grid and classes x 2 slot_group x grid entries, grid = group_sums_grid(n, classes).
 [[nodiscard]] inline int group_sums_grid(std::int64_t n, int classes, int nb) noexcept {
-  const std::size_t smem = group_sums_smem(nb);
-  if (cudaFuncSetAttribute(group_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess) {
+  if (prepare_group_sums(nb) != cudaSuccess) {
     (void)cudaGetLastError();  // the launch reports it
   }
-  const int total = streaming_grid(n * classes, group_sums_kernel, smem);
+  const int total = streaming_grid(n * classes, group_sums_kernel, group_sums_smem(nb));
   return (total + classes - 1) / classes;
 }
 [[nodiscard]] inline cudaError_t launch_group_sums(const group_sums_params& p, int classes, int grid, double* dres, long long* ires,
                                                    cudaStream_t stream) noexcept {
-  const std::size_t smem = group_sums_smem(p.equal_mass ? p.nb : 0);
-  QPROB_CUDA_RETURN(cudaFuncSetAttribute(group_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  group_sums_kernel<<<dim3(static_cast<unsigned>(grid), static_cast<unsigned>(classes)), pass_threads, smem, stream>>>(p);
+  const int nb = p.equal_mass ? p.nb : 0;
+  QPROB_CUDA_RETURN(prepare_group_sums(nb));
+  group_sums_kernel<<<dim3(static_cast<unsigned>(grid), static_cast<unsigned>(classes)), pass_threads, group_sums_smem(nb), stream>>>(p);
   QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, classes * slot_group, grid, -1, -1, dres, stream));
   return launch_reduce_partials<long long>(p.ipart, classes * 2 * slot_group, grid, -1, -1, ires, stream);
