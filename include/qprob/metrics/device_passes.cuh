@@ -28,10 +28,12 @@
 #include <qprob/metrics/types.hpp>
 
 #include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace qprob::metrics {
 
@@ -55,9 +57,8 @@ inline constexpr key_t key_value    = ~key_flag;   ///< bits of the non-negative
 inline constexpr key_t key_sentinel = ~0ull;       ///< "no element" (a NaN pattern no probability has)
 
 inline constexpr int pass_threads = 256;  ///< threads per block of every streaming kernel here
-inline constexpr int slot_group   = 16;   ///< bins / ranges accumulated in registers per launch
-inline constexpr int select_digit_bits = 8;
-inline constexpr int select_passes     = 12;  ///< 64 value bits + 32 index bits, 8 per pass
+inline constexpr int slot_group   = 16;   ///< bins / ranges accumulated per launch
+inline constexpr int pass_warps   = pass_threads / 32;
 
 /// Compact key of a non-negative double and a flag (the double's bits are monotone for x >= 0).
 [[nodiscard]] QPROB_DEVICE inline key_t make_key(double x, bool flag) noexcept {
@@ -110,14 +111,7 @@ template <class T>
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Per-thread sums of one group of slot_group consecutive slots (bins or ranges), handed to the block reduction.
-
-/// One thread's sums of slot_group consecutive slots (bins or ranges): value sum, count, flag count.
-struct slot_sums {
-  double value[slot_group];
-  int count[slot_group];
-  int flag[slot_group];
-};
+// Block partials.
 
 /// Block-wide fixed-order sum of one value; thread 0 stores it. Every thread of the block must call it.
 template <class T>
@@ -135,19 +129,6 @@ struct min_ll {
 struct max_ll {
   QPROB_DEVICE long long operator()(long long a, long long b) const { return b > a ? b : a; }
 };
-
-/// Writes a thread's slot sums as block partials: doubles at dpart[s * blocks + block], counts at
-/// ipart[s * blocks + block], flags at ipart[(slot_group + s) * blocks + block].
-QPROB_DEVICE inline void store_slot_partials(const slot_sums& acc, double* dpart, long long* ipart, int blocks, int block,
-                                             typename cub::BlockReduce<double, pass_threads>::TempStorage& dtmp,
-                                             typename cub::BlockReduce<long long, pass_threads>::TempStorage& itmp) {
-  QPROB_UNROLL
-  for (int s = 0; s < slot_group; ++s) {
-    block_store<double>(acc.value[s], dpart + static_cast<std::int64_t>(s) * blocks + block, dtmp);
-    block_store<long long>(acc.count[s], ipart + static_cast<std::int64_t>(s) * blocks + block, itmp);
-    block_store<long long>(acc.flag[s], ipart + static_cast<std::int64_t>(slot_group + s) * blocks + block, itmp);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Fused per-sample pass.
@@ -379,73 +360,253 @@ template <class Kernel>
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Radix selection of equal-mass boundaries.
+//
+// Population of class c: the non-sentinel keys among keys[c * n + i], i < n, in the stable order (value,
+// then i). The selection orders by the composite key coarse(value) (12 bits) . value bits (64, the top one
+// 0) . i (32): coarse() is monotone, so this is the same order, and the composite is unique. coarse() splits
+// [0, 1] so that the first digit narrows probabilities down (the double's own leading bits are sign and
+// exponent: every p in [2^-15, 1) shares its first byte). Boundary b (b < R - 1) is the element at position
+// t_b = equal_mass_start(b + 1, count, R); element e lies in range r(e) = #{b : e >= boundary b}. Pass p
+// histograms digit p of the composite (pass 0: the 12-bit coarse digit; passes 1..8: the value's bytes;
+// 9..12: the index's bytes) of the elements whose known leading digits equal an active boundary's prefix;
+// boundaries with equal prefixes share one histogram (a "leader slot"). A boundary is resolved as soon as its
+// rank within its prefix group is 0: then it is the group's smallest element and "e >= boundary" is
+// "prefix(e) >= prefix", so the threshold needs no more digits. After 13 passes every group has one element.
+//
+// Only pass 0 reads every key. After it, one pass (compact_sums_kernel) splits the population: an element
+// whose coarse digit is no active boundary's prefix already knows its range, so its count / value / flag go
+// straight into that range's sums; the others (the candidates) are listed by sample index, and passes 1..12
+// and the range sums of the candidates read only that list. Range sums = the first part + the second.
+
+inline constexpr int coarse_bits    = 12;
+inline constexpr int coarse_buckets = 1 << coarse_bits;
+
+/// Monotone coarse digit of a key's value x in [0, 1]: x >= 2^-6 in 2048 equal-width buckets (1/2048 wide;
+/// digits 2080..4095), smaller x by octave with 32 sub-buckets each (the exponent and the top 5 mantissa
+/// bits; octaves 2^-70 .. 2^-7 are digits 0..2047, anything smaller digit 0).
+[[nodiscard]] QPROB_HOST_DEVICE inline int coarse_digit(key_t k) noexcept {
+  const key_t v = k & key_value;
+  const int e   = static_cast<int>(v >> 52);  // biased exponent
+  if (e >= 1023 - 6) {
+    double x = 0;
+    static_assert(sizeof(x) == sizeof(v));
+    std::memcpy(&x, &v, sizeof(x));
+    const int lin = static_cast<int>(x * 2048.0);
+    return 2048 + (lin < 2047 ? lin : 2047);
+  }
+  if (e < 1023 - 70) {
+    return 0;
+  }
+  return ((e - (1023 - 70)) << 5) | static_cast<int>((v >> 47) & 31u);
+}
+
 // Per-class probability keys for Nixon ACE.
 
+/// Classes up to which class_keys_kernel also histograms the keys' coarse digits (selection pass 0) in
+/// shared memory: 16 KB per class.
+inline constexpr int class_keys_hist_classes = 4;
+
 /// keys[k * n + i] = make_key(p_ik, gold_i == k) for k < K_i, key_sentinel for K_i <= k < classes. p_ik is
-/// computed exactly as the reference's choice_probabilities (softmax_of, then exp(s - max) / sum).
-__global__ void __launch_bounds__(pass_threads) class_keys_kernel(device_choice_scores s, scoring mode, int classes, key_t* keys) {
+/// computed exactly as the reference's choice_probabilities (max score, sum of exp(s_j - max) in order j,
+/// then exp(s_k - max) / sum); samples of up to 8 choices read them once into registers and take each
+/// exponential once. With `hist` (classes <= class_keys_hist_classes), also adds every key's coarse digit
+/// to hist[c * hist_stride + digit], selection pass 0's histogram.
+__global__ void __launch_bounds__(pass_threads) class_keys_kernel(device_choice_scores s, scoring mode, int classes, key_t* keys,
+                                                                  unsigned* hist, std::int64_t hist_stride) {
+  extern __shared__ __align__(16) unsigned char class_keys_raw[];
+  auto* local     = reinterpret_cast<unsigned*>(class_keys_raw);  // classes x coarse_buckets (with hist)
+  const int cells = hist != nullptr ? classes * coarse_buckets : 0;
+  for (int t = static_cast<int>(threadIdx.x); t < cells; t += pass_threads) {
+    local[t] = 0;
+  }
+  __syncthreads();
+  const auto put = [&](int k, std::int64_t i, key_t key) {
+    keys[static_cast<std::int64_t>(k) * s.n + i] = key;
+    if (hist != nullptr && key != key_sentinel) {
+      atomicAdd(&local[k * coarse_buckets + coarse_digit(key)], 1u);
+    }
+  };
+  constexpr int small = 8;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < s.n; i += stride) {
     const std::int64_t b = s.offsets[i], e = s.offsets[i + 1];
     const int g          = s.gold[i];
-    const softmax_stats st = softmax_of(s.loglik, s.char_len, s.token_len, b, e, mode);
-    for (int k = 0; k < classes; ++k) {
-      key_t key = key_sentinel;
-      if (k < e - b) {
-        const double pk = exp(choice_score(s.loglik[b + k], s.char_len, s.token_len, b + k, mode) - st.max_score) / st.sum;
-        key             = make_key(pk, g == k);
+    const int k          = static_cast<int>(e - b);
+    if (k <= small) {
+      double sc[small];
+      double mx = -INFINITY;
+      QPROB_UNROLL
+      for (int c = 0; c < small; ++c) {
+        if (c < k) {
+          sc[c] = choice_score(s.loglik[b + c], s.char_len, s.token_len, b + c, mode);
+          mx    = sc[c] > mx ? sc[c] : mx;
+        }
       }
-      keys[static_cast<std::int64_t>(k) * s.n + i] = key;
+      double sum = 0;
+      QPROB_UNROLL
+      for (int c = 0; c < small; ++c) {
+        if (c < k) {
+          sc[c] = exp(sc[c] - mx);
+          sum += sc[c];
+        }
+      }
+      QPROB_UNROLL
+      for (int c = 0; c < small; ++c) {
+        if (c < classes) {
+          put(c, i, c < k ? make_key(sc[c] / sum, g == c) : key_sentinel);
+        }
+      }
+      for (int c = small; c < classes; ++c) {
+        put(c, i, key_sentinel);
+      }
+    } else {
+      const softmax_stats st = softmax_of(s.loglik, s.char_len, s.token_len, b, e, mode);
+      for (int c = 0; c < classes; ++c) {
+        key_t key = key_sentinel;
+        if (c < k) {
+          key = make_key(exp(choice_score(s.loglik[b + c], s.char_len, s.token_len, b + c, mode) - st.max_score) / st.sum, g == c);
+        }
+        put(c, i, key);
+      }
+    }
+  }
+  if (hist != nullptr) {
+    __syncthreads();
+    for (int t = static_cast<int>(threadIdx.x); t < cells; t += pass_threads) {
+      const unsigned v = local[t];
+      if (v != 0) {
+        atomicAdd(&hist[static_cast<std::int64_t>(t / coarse_buckets) * hist_stride + t % coarse_buckets], v);
+      }
     }
   }
 }
 
-[[nodiscard]] inline cudaError_t launch_class_keys(const device_choice_scores& s, scoring mode, int classes, key_t* keys,
-                                                   cudaStream_t stream) noexcept {
-  class_keys_kernel<<<streaming_grid(s.n, class_keys_kernel), pass_threads, 0, stream>>>(s, mode, classes, keys);
+/// Dynamic shared memory of class_keys_kernel: one coarse histogram per class when it histograms.
+[[nodiscard]] inline std::size_t class_keys_smem(int classes, bool hist) noexcept {
+  return hist ? static_cast<std::size_t>(classes) * coarse_buckets * sizeof(unsigned) : 0;
+}
+
+[[nodiscard]] inline cudaError_t launch_class_keys(const device_choice_scores& s, scoring mode, int classes, key_t* keys, unsigned* hist,
+                                                   std::int64_t hist_stride, cudaStream_t stream) noexcept {
+  if (hist != nullptr && classes > class_keys_hist_classes) {
+    return cudaErrorInvalidValue;
+  }
+  const std::size_t smem = class_keys_smem(classes, hist != nullptr);
+  QPROB_CUDA_RETURN(cudaFuncSetAttribute(class_keys_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  class_keys_kernel<<<streaming_grid(s.n, class_keys_kernel, smem), pass_threads, smem, stream>>>(s, mode, classes, keys, hist, hist_stride);
   return ::qprob::detail::post_launch(stream);
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Radix selection of equal-mass boundaries.
-//
-// Population of class c: the non-sentinel keys among keys[c * n + i], i < n, in the stable order (value,
-// then i): the composite 96-bit key value(63 bits, top bit 0) . i(32 bits) is unique. Boundary b (b < R - 1)
-// is the element at position t_b = equal_mass_start(b + 1, count, R); element e lies in range
-// r(e) = #{b : e >= boundary b}. Pass p histograms digit p (bits [88 - 8p, 96 - 8p) of the composite key)
-// of the elements whose known top 8p bits equal an active boundary's prefix; boundaries with equal prefixes
-// share one histogram (a "leader slot"). A boundary is resolved as soon as its rank within its prefix
-// group is 0: then it is the group's smallest element and "e >= boundary" is "prefix(e) >= prefix", so the
-// threshold needs no more digits. After 12 passes every group has one element, so every boundary resolves.
+/// One population per class, in one of two layouts.
+///  * every sample (index == null): class c's element i is keys[c * stride + i], i < stride; the streaming
+///    kernels stride over it by block;
+///  * segmented (the candidates' lists): warp w of the reading kernel (w = block * pass_warps + warp, the
+///    same grid as compact_sums_kernel that wrote it) owns positions [w * chunk, w * chunk + count[c][w]) of
+///    class c's stride, with the key at keys[...] and its sample index at index[...].
+struct key_population {
+  const key_t* keys          = nullptr;  ///< classes x stride
+  const unsigned* index      = nullptr;  ///< classes x stride, or null
+  const long long* seg_count = nullptr;  ///< classes x warps (segmented)
+  std::int64_t stride        = 0;
+  std::int64_t chunk         = 0;        ///< positions per segment (segmented)
+  int warps                  = 0;        ///< segments per class (segmented)
+};
 
-/// Known-bits prefix of a composite key: the top q bits of value.index as (high part, index part).
+/// Calls f(x, idx) with stream_unroll keys and sample indices at a time (sentinel keys: no element), with
+/// warp-uniform trip counts (every lane takes part in each call).
+template <int Unroll, class F>
+QPROB_DEVICE inline void for_each_element(const key_population& pop, int c, F&& f) {
+  key_t x[Unroll];
+  unsigned idx[Unroll];
+  const std::int64_t cbase = static_cast<std::int64_t>(c) * pop.stride;
+  if (pop.index == nullptr) {
+    const std::int64_t n      = pop.stride;
+    const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+    for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * blockDim.x * Unroll; base < n; base += stride * Unroll) {
+      QPROB_UNROLL
+      for (int u = 0; u < Unroll; ++u) {
+        const std::int64_t j = base + static_cast<std::int64_t>(u) * blockDim.x + threadIdx.x;
+        idx[u]               = static_cast<unsigned>(j);
+        x[u]                 = j < n ? pop.keys[cbase + j] : key_sentinel;
+      }
+      f(x, idx);
+    }
+    return;
+  }
+  const int lane         = static_cast<int>(threadIdx.x) % 32;
+  const int w            = static_cast<int>(blockIdx.x) * pass_warps + static_cast<int>(threadIdx.x) / 32;
+  const long long count  = w < pop.warps ? pop.seg_count[static_cast<std::int64_t>(c) * pop.warps + w] : 0;
+  const std::int64_t seg = cbase + static_cast<std::int64_t>(w) * pop.chunk;
+  for (long long base = 0; base < count; base += 32 * Unroll) {
+    QPROB_UNROLL
+    for (int u = 0; u < Unroll; ++u) {
+      const long long j = base + u * 32 + lane;
+      idx[u]            = j < count ? pop.index[seg + j] : 0u;
+      x[u]              = j < count ? pop.keys[seg + j] : key_sentinel;
+    }
+    f(x, idx);
+  }
+}
+
+/// The known leading digits of a composite key after `level` passes (level 0: none), right-aligned per part.
 struct prefix_t {
-  key_t u;
+  int g;       ///< coarse digit (level >= 1)
+  key_t u;     ///< top 8 (level - 1) value bits (levels 2..9)
+  unsigned i;  ///< top 8 (level - 9) index bits (levels 10..13)
+};
+/// A composite key: coarse digit, value bits (flag cleared), sample index.
+struct composite_t {
+  int g;
+  key_t v;
   unsigned i;
 };
-[[nodiscard]] QPROB_HOST_DEVICE inline prefix_t prefix_of(key_t u, unsigned i, int q) noexcept {
-  if (q <= 0) {
-    return {0, 0};
-  }
-  if (q <= 64) {
-    return {u >> (64 - q), 0};
-  }
-  return {u, q >= 96 ? i : (i >> (96 - q))};
+[[nodiscard]] QPROB_HOST_DEVICE inline composite_t composite_of(key_t k, unsigned i) noexcept {
+  return {coarse_digit(k), k & key_value, i};
 }
-[[nodiscard]] QPROB_HOST_DEVICE inline bool prefix_less(prefix_t a, prefix_t b) noexcept {
-  return a.u < b.u || (a.u == b.u && a.i < b.i);
+[[nodiscard]] QPROB_HOST_DEVICE inline prefix_t prefix_of(const composite_t& e, int level) noexcept {
+  if (level <= 0) {
+    return {0, 0, 0};
+  }
+  if (level <= 9) {
+    return {e.g, level == 1 ? 0 : e.v >> (64 - 8 * (level - 1)), 0};
+  }
+  return {e.g, e.v, level >= 13 ? e.i : e.i >> (32 - 8 * (level - 9))};
 }
-[[nodiscard]] QPROB_HOST_DEVICE inline bool prefix_equal(prefix_t a, prefix_t b) noexcept { return a.u == b.u && a.i == b.i; }
-[[nodiscard]] QPROB_HOST_DEVICE inline int digit_of(key_t u, unsigned i, int pass) noexcept {
-  return pass < 8 ? static_cast<int>((u >> (56 - 8 * pass)) & 0xffu) : static_cast<int>((i >> (24 - 8 * (pass - 8))) & 0xffu);
+[[nodiscard]] QPROB_HOST_DEVICE inline bool prefix_less(const prefix_t& a, const prefix_t& b) noexcept {
+  return a.g < b.g || (a.g == b.g && (a.u < b.u || (a.u == b.u && a.i < b.i)));
+}
+[[nodiscard]] QPROB_HOST_DEVICE inline bool prefix_equal(const prefix_t& a, const prefix_t& b) noexcept {
+  return a.g == b.g && a.u == b.u && a.i == b.i;
+}
+/// Digit `pass` of a composite key (pass 0: 12 bits; then bytes).
+[[nodiscard]] QPROB_HOST_DEVICE inline int digit_of(const composite_t& e, int pass) noexcept {
+  if (pass == 0) {
+    return e.g;
+  }
+  if (pass <= 8) {
+    return static_cast<int>((e.v >> (64 - 8 * pass)) & 0xffu);
+  }
+  return static_cast<int>((e.i >> (32 - 8 * (pass - 8))) & 0xffu);
+}
+/// The prefix one level deeper: `p` followed by digit `d` of pass `pass`.
+[[nodiscard]] QPROB_HOST_DEVICE inline prefix_t prefix_append(prefix_t p, int pass, int d) noexcept {
+  if (pass == 0) {
+    p.g = d;
+  } else if (pass <= 8) {
+    p.u = (p.u << 8) | static_cast<key_t>(d);
+  } else {
+    p.i = (p.i << 8) | static_cast<unsigned>(d);
+  }
+  return p;
 }
 
 enum boundary_status : int { boundary_active = 0, boundary_resolved = 1, boundary_past_end = 2 };
 
 struct select_boundary {
-  prefix_t prefix;   ///< top `bits` bits of the boundary's composite key (right-aligned as prefix_of)
+  prefix_t prefix;   ///< the boundary's first `level` digits
   long long rank;    ///< rank of the boundary within the elements sharing `prefix`
-  int bits;          ///< known bits
+  int level;         ///< known digits
   int status;
   int slot;          ///< leader slot of its prefix group in the next pass (active only)
 };
@@ -460,62 +621,64 @@ struct select_state {
   select_boundary* boundary;  ///< classes x nb
   select_class* cls;          ///< classes
   prefix_t* leader;           ///< classes x nb: sorted distinct prefixes of the active boundaries
-  unsigned* hist;             ///< classes x nb x 256, zero between passes
+  unsigned* hist;             ///< classes x select_hist_stride(nb), zero between passes
   int classes;
   int nb;
   int ranges;
 };
 
-inline constexpr int hist_slots_per_launch = 16;  ///< shared-memory histograms per block (16 KB)
+/// Histogram entries per class: pass 0's one coarse histogram, or 256 per boundary in later passes.
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t select_hist_stride(int nb) noexcept {
+  return static_cast<std::int64_t>(nb) * 256 > coarse_buckets ? static_cast<std::int64_t>(nb) * 256 : coarse_buckets;
+}
+
+inline constexpr int hist_slots_per_launch = coarse_buckets / 256;  ///< 16 byte histograms per block, or pass 0's one (16 KB)
+inline constexpr int stream_unroll         = 4;                     ///< keys in flight per thread in the streaming loops
+inline constexpr int select_passes         = 13;                    ///< coarse digit, 8 value bytes, 4 index bytes
 
 __global__ void select_init_kernel(select_state st) {
   const int c = static_cast<int>(blockIdx.x);
   for (int b = static_cast<int>(threadIdx.x); b < st.nb; b += static_cast<int>(blockDim.x)) {
-    st.boundary[static_cast<std::int64_t>(c) * st.nb + b] = select_boundary{{0, 0}, 0, 0, boundary_active, 0};
+    st.boundary[static_cast<std::int64_t>(c) * st.nb + b] = select_boundary{{0, 0, 0}, 0, 0, boundary_active, 0};
   }
   if (threadIdx.x == 0) {
     st.cls[c]                                        = select_class{0, 1};
-    st.leader[static_cast<std::int64_t>(c) * st.nb] = prefix_t{0, 0};
+    st.leader[static_cast<std::int64_t>(c) * st.nb] = prefix_t{0, 0, 0};
   }
 }
 
-/// Histogram of digit `pass` for leader slots [slot0, slot0 + hist_slots_per_launch) of class blockIdx.y.
-__global__ void __launch_bounds__(pass_threads) select_hist_kernel(const key_t* keys, std::int64_t n, select_state st, int pass, int slot0) {
+/// Histogram of digit `pass` for leader slots [slot0, slot0 + hist_slots_per_launch) of class blockIdx.y
+/// (pass 0: the one leader's 4096-bucket coarse histogram).
+__global__ void __launch_bounds__(pass_threads) select_hist_kernel(key_population pop, select_state st, int pass, int slot0) {
   const int c       = static_cast<int>(blockIdx.y);
   const int leaders = st.cls[c].leaders;
-  if (leaders <= slot0) {
-    return;  // uniform over the block: nothing active in this chunk
+  if (leaders <= slot0 || (pop.index == nullptr && static_cast<std::int64_t>(blockIdx.x) * pass_threads * stream_unroll >= pop.stride)) {
+    return;  // uniform over the block: nothing active in this chunk, or no elements for this block
   }
-  __shared__ unsigned hist[hist_slots_per_launch][256];
+  __shared__ unsigned hist[coarse_buckets];
   __shared__ prefix_t lead[1024];
-  for (int t = static_cast<int>(threadIdx.x); t < hist_slots_per_launch * 256; t += pass_threads) {
-    hist[t / 256][t % 256] = 0;
+  for (int t = static_cast<int>(threadIdx.x); t < coarse_buckets; t += pass_threads) {
+    hist[t] = 0;
   }
   for (int t = static_cast<int>(threadIdx.x); t < leaders; t += pass_threads) {
     lead[t] = st.leader[static_cast<std::int64_t>(c) * st.nb + t];
   }
   __syncthreads();
-  const int q               = 8 * pass;
-  const int lane            = static_cast<int>(threadIdx.x) % 32;
-  const key_t* ck           = keys + static_cast<std::int64_t>(c) * n;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * pass_threads;
-  constexpr int unroll      = 4;
-  // block-uniform trip count, so that every lane takes part in __match_any_sync
-  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * pass_threads * unroll; base < n; base += stride * unroll) {
-    key_t x[unroll];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  for_each_element<stream_unroll>(pop, c, [&](const key_t (&x)[stream_unroll], const unsigned (&idx)[stream_unroll]) {
     QPROB_UNROLL
-    for (int u = 0; u < unroll; ++u) {
-      const std::int64_t i = base + static_cast<std::int64_t>(u) * pass_threads + threadIdx.x;
-      x[u]                 = i < n ? ck[i] : key_sentinel;
-    }
-    QPROB_UNROLL
-    for (int u = 0; u < unroll; ++u) {
-      const std::int64_t i = base + static_cast<std::int64_t>(u) * pass_threads + threadIdx.x;
-      unsigned bucket      = 0xffffffffu;
+    for (int u = 0; u < stream_unroll; ++u) {
+      if (pass == 0) {
+        // 4096 buckets: peers rarely share one, so each element adds its own 1
+        if (x[u] != key_sentinel) {
+          atomicAdd(&hist[coarse_digit(x[u])], 1u);
+        }
+        continue;
+      }
+      unsigned bucket = 0xffffffffu;
       if (x[u] != key_sentinel) {
-        const key_t v      = x[u] & key_value;
-        const unsigned idx = static_cast<unsigned>(i);
-        const prefix_t pre = prefix_of(v, idx, q);
+        const composite_t e = composite_of(x[u], idx[u]);
+        const prefix_t pre  = prefix_of(e, pass);
         // largest leader <= pre (leaders are sorted ascending and distinct)
         int lo = 0, hi = leaders;
         while (hi - lo > 1) {
@@ -527,69 +690,124 @@ __global__ void __launch_bounds__(pass_threads) select_hist_kernel(const key_t* 
           }
         }
         if (prefix_equal(pre, lead[lo]) && lo >= slot0 && lo < slot0 + hist_slots_per_launch) {
-          bucket = static_cast<unsigned>((lo - slot0) * 256 + digit_of(v, idx, pass));
+          bucket = static_cast<unsigned>((lo - slot0) * 256 + digit_of(e, pass));
         }
       }
+      // few leaders: many lanes share a bucket, so one atomic per group of peers
       const unsigned peers = __match_any_sync(0xffffffffu, bucket);
       if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) {
-        atomicAdd(&hist[bucket / 256][bucket % 256], static_cast<unsigned>(__popc(peers)));
+        atomicAdd(&hist[bucket], static_cast<unsigned>(__popc(peers)));
       }
     }
-  }
+  });
   __syncthreads();
-  for (int t = static_cast<int>(threadIdx.x); t < hist_slots_per_launch * 256; t += pass_threads) {
-    const int slot = slot0 + t / 256;
-    const unsigned v = hist[t / 256][t % 256];
-    if (slot < leaders && v != 0) {
-      atomicAdd(&st.hist[(static_cast<std::int64_t>(c) * st.nb + slot) * 256 + t % 256], v);
+  unsigned* out = st.hist + static_cast<std::int64_t>(c) * select_hist_stride(st.nb);
+  for (int t = static_cast<int>(threadIdx.x); t < coarse_buckets; t += pass_threads) {
+    const unsigned v = hist[t];
+    if (v != 0) {  // pass 0: t is the coarse digit of leader 0; later: (slot - slot0) * 256 + digit
+      atomicAdd(&out[(pass == 0 ? 0 : static_cast<std::int64_t>(slot0) * 256) + t], v);
     }
   }
 }
 
-/// Consumes the histograms of pass `pass` for class blockIdx.x: each active boundary picks its digit (one
-/// warp per boundary), the histograms are cleared, and thread 0 lists the leader slots of the next pass.
-__global__ void __launch_bounds__(1024) select_advance_kernel(select_state st, int pass) {
-  const int c        = static_cast<int>(blockIdx.x);
-  select_class& cls  = st.cls[c];
-  const int leaders  = cls.leaders;
+/// Lists the sorted distinct prefixes of class c's active boundaries as the next pass's leader slots.
+QPROB_DEVICE inline void list_leaders(const select_state& st, int c, select_boundary* bd) {
+  prefix_t* lead = st.leader + static_cast<std::int64_t>(c) * st.nb;
+  int next       = 0;
+  for (int b = 0; b < st.nb; ++b) {
+    if (bd[b].status != boundary_active) {
+      continue;
+    }
+    if (next == 0 || !prefix_equal(lead[next - 1], bd[b].prefix)) {
+      lead[next++] = bd[b].prefix;
+    }
+    bd[b].slot = next - 1;
+  }
+  st.cls[c].leaders = next;
+}
+
+/// The boundary's state after the digit that holds its rank (`below` elements of its group come before).
+QPROB_DEVICE inline void descend(select_boundary& b, int pass, int digit, long long below) {
+  b.prefix = prefix_append(b.prefix, pass, digit);
+  b.level  = pass + 1;
+  b.rank -= below;
+  if (b.rank == 0 || b.level >= select_passes) {
+    b.status = boundary_resolved;
+    b.rank   = 0;
+  }
+}
+
+/// Consumes the histograms of pass `pass` for class blockIdx.x: each active boundary picks its digit, the
+/// histograms are cleared, and thread 0 lists the leader slots of the next pass. Pass 0 (one 4096-bucket
+/// histogram of the whole population) also fixes the population size and the boundaries' positions: the
+/// block scans the histogram once and each boundary binary-searches it. Later passes: one warp per boundary
+/// over its slot's 256 buckets.
+inline constexpr int advance_threads = 512;
+
+__global__ void __launch_bounds__(advance_threads) select_advance_kernel(select_state st, int pass) {
+  const int c       = static_cast<int>(blockIdx.x);
+  const int leaders = st.cls[c].leaders;
   if (leaders == 0) {
     return;
   }
   select_boundary* bd = st.boundary + static_cast<std::int64_t>(c) * st.nb;
-  unsigned* hist      = st.hist + static_cast<std::int64_t>(c) * st.nb * 256;
-  const int warp      = static_cast<int>(threadIdx.x) / 32;
-  const int lane      = static_cast<int>(threadIdx.x) % 32;
-  const int warps     = static_cast<int>(blockDim.x) / 32;
-  __shared__ long long count;
+  unsigned* hist      = st.hist + static_cast<std::int64_t>(c) * select_hist_stride(st.nb);
+  const int tid       = static_cast<int>(threadIdx.x);
   if (pass == 0) {
-    // one leader (the empty prefix) saw the whole population: its size fixes the boundary positions
-    if (warp == 0) {
-      long long part = 0;
-      for (int d = lane; d < 256; d += 32) {
-        part += hist[d];
-      }
-      for (int off = 16; off > 0; off /= 2) {
-        part += __shfl_down_sync(0xffffffffu, part, off);
-      }
-      if (lane == 0) {
-        count     = part;
-        cls.count = part;
-      }
+    constexpr int items = coarse_buckets / advance_threads;
+    using scan_t        = cub::BlockScan<long long, advance_threads>;
+    __shared__ typename scan_t::TempStorage tmp;
+    __shared__ long long incl[coarse_buckets];
+    long long v[items];
+    QPROB_UNROLL
+    for (int k = 0; k < items; ++k) {
+      v[k] = hist[tid * items + k];
+    }
+    long long count = 0;
+    scan_t(tmp).InclusiveSum(v, v, count);  // every thread gets the total
+    QPROB_UNROLL
+    for (int k = 0; k < items; ++k) {
+      incl[tid * items + k] = v[k];
     }
     __syncthreads();
-    for (int b = static_cast<int>(threadIdx.x); b < st.nb; b += static_cast<int>(blockDim.x)) {
+    if (tid == 0) {
+      st.cls[c].count = count;
+    }
+    for (int b = tid; b < st.nb; b += advance_threads) {
       const long long t = equal_mass_start(b + 1, count, st.ranges);
       bd[b].rank        = t;
-      bd[b].status      = t < count ? boundary_active : boundary_past_end;
+      if (t >= count) {
+        bd[b].status = boundary_past_end;
+        continue;
+      }
+      int lo = 0, hi = coarse_buckets - 1;  // first digit whose inclusive count exceeds t
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (incl[mid] > t) {
+          hi = mid;
+        } else {
+          lo = mid + 1;
+        }
+      }
+      descend(bd[b], 0, lo, lo > 0 ? incl[lo - 1] : 0);
     }
     __syncthreads();
+    for (int t = tid; t < coarse_buckets; t += advance_threads) {
+      hist[t] = 0;
+    }
+    if (tid == 0) {
+      list_leaders(st, c, bd);
+    }
+    return;
   }
-  const int q = 8 * pass;
+  const int warp  = tid / 32;
+  const int lane  = tid % 32;
+  const int warps = static_cast<int>(blockDim.x) / 32;
   for (int b = warp; b < st.nb; b += warps) {
     if (bd[b].status != boundary_active) {
       continue;  // uniform over the warp
     }
-    const unsigned* h = hist + static_cast<std::int64_t>(bd[b].slot) * 256;
+    const unsigned* h    = hist + static_cast<std::int64_t>(bd[b].slot) * 256;
     const long long rank = bd[b].rank;
     long long mine[8];
     long long local = 0;
@@ -624,59 +842,44 @@ __global__ void __launch_bounds__(1024) select_advance_kernel(select_state st, i
     digit         = __shfl_sync(0xffffffffu, digit, src);
     below         = __shfl_sync(0xffffffffu, below, src);
     if (lane == 0) {
-      select_boundary nb = bd[b];
-      if (pass < 8) {
-        nb.prefix.u = (nb.prefix.u << 8) | static_cast<key_t>(digit);
-      } else {
-        nb.prefix.i = (nb.prefix.i << 8) | static_cast<unsigned>(digit);
-      }
-      nb.bits = q + 8;
-      nb.rank = rank - below;
-      if (nb.rank == 0 || nb.bits >= 96) {
-        nb.status = boundary_resolved;
-        nb.rank   = 0;
-      }
-      bd[b] = nb;
+      descend(bd[b], pass, digit, below);
     }
   }
   __syncthreads();
-  for (int t = static_cast<int>(threadIdx.x); t < leaders * 256; t += static_cast<int>(blockDim.x)) {
+  for (int t = tid; t < leaders * 256; t += static_cast<int>(blockDim.x)) {
     hist[t] = 0;
   }
-  if (threadIdx.x == 0) {
-    prefix_t* lead = st.leader + static_cast<std::int64_t>(c) * st.nb;
-    int next       = 0;
-    for (int b = 0; b < st.nb; ++b) {
-      if (bd[b].status != boundary_active) {
-        continue;
-      }
-      if (next == 0 || !prefix_equal(lead[next - 1], bd[b].prefix)) {
-        lead[next++] = bd[b].prefix;
-      }
-      bd[b].slot = next - 1;
-    }
-    cls.leaders = next;
+  if (tid == 0) {
+    list_leaders(st, c, bd);
   }
 }
 
-/// Runs the whole selection (init + 12 passes; passes with nothing active return at once).
-[[nodiscard]] inline cudaError_t launch_select(const key_t* keys, std::int64_t n, const select_state& st, cudaStream_t stream) noexcept {
+/// Blocks along x of the selection's streaming kernels for `classes` populations of up to n elements.
+[[nodiscard]] inline int select_grid(std::int64_t n, int classes) noexcept {
+  const int total = streaming_grid(n * classes, select_hist_kernel);
+  return (total + classes - 1) / classes;
+}
+
+/// Selection passes first..last over `pop` (passes and chunks with nothing active return at once). Pass 0
+/// also initialises the state; `st.hist` must be zero before it (select_advance_kernel clears it after),
+/// unless `hist_filled`: then the keys' producer has already added pass 0's histogram (class_keys_kernel).
+[[nodiscard]] inline cudaError_t launch_select_passes(const key_population& pop, const select_state& st, int first, int last, int grid_x,
+                                                      cudaStream_t stream, bool hist_filled = false) noexcept {
   if (st.nb < 1) {
     return cudaSuccess;  // one range: nothing to select
   }
-  QPROB_CUDA_RETURN(cudaMemsetAsync(st.hist, 0, static_cast<std::size_t>(st.classes) * st.nb * 256 * sizeof(unsigned), stream));
-  select_init_kernel<<<st.classes, 256, 0, stream>>>(st);
-  QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
-  const int total     = streaming_grid(n * st.classes, select_hist_kernel);
-  const int gx        = (total + st.classes - 1) / st.classes;
-  const int chunks    = (st.nb + hist_slots_per_launch - 1) / hist_slots_per_launch;
-  for (int pass = 0; pass < select_passes; ++pass) {
-    for (int ch = 0; ch < (pass == 0 ? 1 : chunks); ++ch) {
-      select_hist_kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(st.classes)), pass_threads, 0, stream>>>(
-          keys, n, st, pass, ch * hist_slots_per_launch);
+  if (first == 0) {
+    select_init_kernel<<<st.classes, 256, 0, stream>>>(st);
+    QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
+  }
+  const int chunks = (st.nb + hist_slots_per_launch - 1) / hist_slots_per_launch;
+  for (int pass = first; pass <= last; ++pass) {
+    for (int ch = 0; ch < (pass == 0 ? (hist_filled ? 0 : 1) : chunks); ++ch) {
+      select_hist_kernel<<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(st.classes)), pass_threads, 0, stream>>>(
+          pop, st, pass, ch * hist_slots_per_launch);
       QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
     }
-    select_advance_kernel<<<st.classes, 1024, 0, stream>>>(st, pass);
+    select_advance_kernel<<<st.classes, advance_threads, 0, stream>>>(st, pass);
     QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   }
   return cudaSuccess;
@@ -685,24 +888,68 @@ __global__ void __launch_bounds__(1024) select_advance_kernel(select_state st, i
 /// What the range assignment needs of a boundary.
 struct select_threshold {
   prefix_t prefix;
-  int bits;
+  int level;
   int status;
 };
 
 /// e >= boundary (for a resolved boundary: prefix(e) >= its prefix; past-the-end boundaries: never).
-[[nodiscard]] QPROB_DEVICE inline bool at_or_above(const select_threshold& bd, key_t v, unsigned i) noexcept {
+[[nodiscard]] QPROB_HOST_DEVICE inline bool at_or_above(const select_threshold& bd, const composite_t& e) noexcept {
   if (bd.status == boundary_past_end) {
     return false;
   }
-  return !prefix_less(prefix_of(v, i, bd.bits), bd.prefix);
+  return !prefix_less(prefix_of(e, bd.level), bd.prefix);
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Group sums over compact keys: per range (equal-mass) or per equal-width bin.
+// Group sums: per range (equal-mass) or per equal-width bin, count / value sum / flag count of 16 slots.
+
+/// Each thread's own sums of slot_group slots as shared-memory columns (value[slot][thread],
+/// count[slot][thread], flag[slot][thread]): an element costs one read-modify-write of its slot, in the
+/// thread's own order (no atomics).
+struct slot_columns {
+  double* value;
+  int* count;
+  int* flag;
+
+  static constexpr std::size_t bytes = static_cast<std::size_t>(slot_group) * pass_threads * (sizeof(double) + 2 * sizeof(int));
+
+  QPROB_DEVICE explicit slot_columns(unsigned char* base) noexcept
+      : value(reinterpret_cast<double*>(base)),
+        count(reinterpret_cast<int*>(base + static_cast<std::size_t>(slot_group) * pass_threads * sizeof(double))),
+        flag(count + slot_group * pass_threads) {}
+
+  QPROB_DEVICE void zero(int me) noexcept {
+    QPROB_UNROLL
+    for (int s = 0; s < slot_group; ++s) {
+      value[s * pass_threads + me] = 0.0;
+      count[s * pass_threads + me] = 0;
+      flag[s * pass_threads + me]  = 0;
+    }
+  }
+  /// Adds a key's value and flag to slot `rel` of the group (ignored outside [0, slot_group)).
+  QPROB_DEVICE void add(int me, int rel, key_t x) noexcept {
+    if (rel >= 0 && rel < slot_group) {
+      value[rel * pass_threads + me] += key_to_value(x);
+      count[rel * pass_threads + me] += 1;
+      flag[rel * pass_threads + me] += (x & key_flag) != 0 ? 1 : 0;
+    }
+  }
+  /// Block partials of the columns (every thread of the block must call it): value sums at
+  /// dpart[s * blocks + block], counts at ipart[s * blocks + block], flag counts at
+  /// ipart[(slot_group + s) * blocks + block].
+  QPROB_DEVICE void store(int me, double* dpart, long long* ipart, int blocks, int block) const noexcept {
+    __shared__ typename cub::BlockReduce<double, pass_threads>::TempStorage dtmp;
+    __shared__ typename cub::BlockReduce<long long, pass_threads>::TempStorage itmp;
+    for (int s = 0; s < slot_group; ++s) {
+      block_store<double>(value[s * pass_threads + me], dpart + static_cast<std::int64_t>(s) * blocks + block, dtmp);
+      block_store<long long>(count[s * pass_threads + me], ipart + static_cast<std::int64_t>(s) * blocks + block, itmp);
+      block_store<long long>(flag[s * pass_threads + me], ipart + static_cast<std::int64_t>(slot_group + s) * blocks + block, itmp);
+    }
+  }
+};
 
 struct group_sums_params {
-  const key_t* keys;   ///< classes x n
-  std::int64_t n;
+  key_population pop;
   int slot0;           ///< first slot of this launch's group
   bool equal_mass;     ///< equal-mass ranges (boundaries of the selection) or equal-width bins
   const select_boundary* boundary;  ///< classes x nb (equal_mass)
@@ -713,62 +960,43 @@ struct group_sums_params {
   long long* ipart;    ///< per class: 2 slot_group x gridDim.x
 };
 
-/// Dynamic shared memory of group_sums_kernel: the boundaries (nb entries, 16-byte aligned), then each thread's
-/// own slot sums as columns (value[slot][thread], count[slot][thread], flag[slot][thread]), so that an element
-/// costs one read-modify-write of its slot instead of an update of all 16 register slots.
+/// Dynamic shared memory of group_sums_kernel: the boundaries (nb entries, 16-byte aligned), then the slot
+/// columns.
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t group_sums_bound_bytes(int nb) noexcept {
   return (static_cast<std::size_t>(nb) * sizeof(select_threshold) + 15) / 16 * 16;
 }
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t group_sums_smem(int nb) noexcept {
-  return group_sums_bound_bytes(nb) + static_cast<std::size_t>(slot_group) * pass_threads * (sizeof(double) + 2 * sizeof(int));
+  return group_sums_bound_bytes(nb) + slot_columns::bytes;
 }
 
 __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_params p) {
   const int c = static_cast<int>(blockIdx.y);
   extern __shared__ __align__(16) unsigned char group_smem[];
-  auto* bd     = reinterpret_cast<select_threshold*>(group_smem);  // nb entries when equal_mass
-  auto* value  = reinterpret_cast<double*>(group_smem + group_sums_bound_bytes(p.equal_mass ? p.nb : 0));
-  auto* count  = reinterpret_cast<int*>(value + slot_group * pass_threads);
-  auto* flag   = count + slot_group * pass_threads;
+  auto* bd = reinterpret_cast<select_threshold*>(group_smem);  // nb entries when equal_mass
+  slot_columns cols(group_smem + group_sums_bound_bytes(p.equal_mass ? p.nb : 0));
   const int me = static_cast<int>(threadIdx.x);
   if (p.equal_mass) {
     for (int t = me; t < p.nb; t += pass_threads) {
       const select_boundary& src = p.boundary[static_cast<std::int64_t>(c) * p.nb + t];
-      bd[t]                      = select_threshold{src.prefix, src.bits, src.status};
+      bd[t]                      = select_threshold{src.prefix, src.level, src.status};
     }
   }
-  QPROB_UNROLL
-  for (int s = 0; s < slot_group; ++s) {
-    value[s * pass_threads + me] = 0.0;
-    count[s * pass_threads + me] = 0;
-    flag[s * pass_threads + me]  = 0;
-  }
+  cols.zero(me);
   __syncthreads();
-  const key_t* ck           = p.keys + static_cast<std::int64_t>(c) * p.n;
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * pass_threads;
-  constexpr int unroll      = 4;
-  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * pass_threads * unroll; base < p.n; base += stride * unroll) {
-    key_t x[unroll];
+  for_each_element<stream_unroll>(p.pop, c, [&](const key_t (&x)[stream_unroll], const unsigned (&idx)[stream_unroll]) {
     QPROB_UNROLL
-    for (int u = 0; u < unroll; ++u) {
-      const std::int64_t i = base + static_cast<std::int64_t>(u) * pass_threads + threadIdx.x;
-      x[u]                 = i < p.n ? ck[i] : key_sentinel;
-    }
-    QPROB_UNROLL
-    for (int u = 0; u < unroll; ++u) {
+    for (int u = 0; u < stream_unroll; ++u) {
       if (x[u] == key_sentinel) {
         continue;
       }
-      const std::int64_t i = base + static_cast<std::int64_t>(u) * pass_threads + threadIdx.x;
-      const key_t v        = x[u] & key_value;
-      const double val     = key_to_value(x[u]);
-      int slot             = 0;
+      int slot = 0;
       if (p.equal_mass) {
         // number of boundaries at or below the element (monotone in b): binary search
+        const composite_t e = composite_of(x[u], idx[u]);
         int lo = 0, hi = p.nb;
         while (lo < hi) {
           const int mid = (lo + hi) / 2;
-          if (at_or_above(bd[mid], v, static_cast<unsigned>(i))) {
+          if (at_or_above(bd[mid], e)) {
             lo = mid + 1;
           } else {
             hi = mid;
@@ -776,29 +1004,14 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
         }
         slot = lo;
       } else {
-        slot = calibration_bin(val, p.bins, p.edges);
+        slot = calibration_bin(key_to_value(x[u]), p.bins, p.edges);
       }
-      // this thread's column only: the same additions, in the same order, as a register accumulator
-      const int rel = slot - p.slot0;
-      if (rel >= 0 && rel < slot_group) {
-        value[rel * pass_threads + me] += val;
-        count[rel * pass_threads + me] += 1;
-        flag[rel * pass_threads + me] += (x[u] & key_flag) != 0 ? 1 : 0;
-      }
+      cols.add(me, slot - p.slot0, x[u]);
     }
-  }
-  slot_sums acc;
-  QPROB_UNROLL
-  for (int s = 0; s < slot_group; ++s) {
-    acc.value[s] = value[s * pass_threads + me];
-    acc.count[s] = count[s * pass_threads + me];
-    acc.flag[s]  = flag[s * pass_threads + me];
-  }
-  __shared__ typename cub::BlockReduce<double, pass_threads>::TempStorage dtmp;
-  __shared__ typename cub::BlockReduce<long long, pass_threads>::TempStorage itmp;
+  });
   const int blocks = static_cast<int>(gridDim.x);
-  store_slot_partials(acc, p.dpart + static_cast<std::int64_t>(c) * slot_group * blocks,
-                      p.ipart + static_cast<std::int64_t>(c) * 2 * slot_group * blocks, blocks, static_cast<int>(blockIdx.x), dtmp, itmp);
+  cols.store(me, p.dpart + static_cast<std::int64_t>(c) * slot_group * blocks, p.ipart + static_cast<std::int64_t>(c) * 2 * slot_group * blocks,
+             blocks, static_cast<int>(blockIdx.x));
 }
 
 /// Raises group_sums_kernel's dynamic shared-memory limit for nb boundaries (idempotent), as prepare_sample_pass.
@@ -820,6 +1033,127 @@ __global__ void __launch_bounds__(pass_threads) group_sums_kernel(group_sums_par
   const int nb = p.equal_mass ? p.nb : 0;
   QPROB_CUDA_RETURN(prepare_group_sums(nb));
   group_sums_kernel<<<dim3(static_cast<unsigned>(grid), static_cast<unsigned>(classes)), pass_threads, group_sums_smem(nb), stream>>>(p);
+  QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
+  QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, classes * slot_group, grid, -1, -1, dres, stream));
+  return launch_reduce_partials<long long>(p.ipart, classes * 2 * slot_group, grid, -1, -1, ires, stream);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// After selection pass 0: range sums of the decided elements, and the list of candidates.
+
+/// Inputs of compact_sums_kernel. Warp w of the grid (w = block * pass_warps + warp) reads the keys
+/// [w * chunk, (w + 1) * chunk) of its class in order; chunk is a multiple of 32 x compact_unroll.
+struct compact_params {
+  const key_t* keys;                 ///< classes x n (every sample; sentinel = absent)
+  std::int64_t n;
+  const select_boundary* boundary;   ///< classes x nb, as left by select_advance_kernel after pass 0
+  int nb;
+  int slot0;                         ///< first range of this launch's group
+  std::int64_t chunk;
+  key_t* seg_key;                    ///< classes x n: warp w's candidates at [w * chunk, ...), or null (no list)
+  unsigned* seg_index;               ///< classes x n: their sample indices
+  long long* seg_count;              ///< classes x warps: how many warp w listed
+  double* dpart;                     ///< per class: slot_group x gridDim.x
+  long long* ipart;                  ///< per class: 2 slot_group x gridDim.x
+};
+
+inline constexpr int compact_unroll = 16;  ///< keys in flight per thread (one warp streams its own chunk)
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t compact_table_bytes() noexcept { return coarse_buckets * sizeof(short); }
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::size_t compact_sums_smem() noexcept { return compact_table_bytes() + slot_columns::bytes; }
+
+/// Range sums of the elements whose coarse digit (pass 0) is no active boundary's prefix, and the list of
+/// the others. For such a digit d the range is a function of d alone, the number of boundaries b with
+/// "e >= b" = (resolved and d >= prefix_b) or (active and d > prefix_b), which holds for a leading run of b
+/// (prefixes grow with b; at equal prefixes the resolved boundary, the group's smallest element, comes
+/// first; past-the-end ones come last): so a binary search finds it, and d is a candidate digit exactly
+/// when the first boundary outside the run is active with prefix d. A table of the 4096 digits holds the
+/// range (-1: candidates). Candidates are written in sample order, per warp into its own segment (ballot
+/// ranks): the lists are the same on every run.
+__global__ void __launch_bounds__(pass_threads) compact_sums_kernel(compact_params p) {
+  const int c = static_cast<int>(blockIdx.y);
+  extern __shared__ __align__(16) unsigned char compact_smem[];
+  short* table = reinterpret_cast<short*>(compact_smem);
+  slot_columns cols(compact_smem + compact_table_bytes());
+  const int me = static_cast<int>(threadIdx.x);
+  const select_boundary* bd = p.boundary + static_cast<std::int64_t>(c) * p.nb;
+  for (int d = me; d < coarse_buckets; d += pass_threads) {
+    int lo = 0, hi = p.nb;  // first b with !(e >= b)
+    while (lo < hi) {
+      const int mid    = (lo + hi) / 2;
+      const int status = bd[mid].status, pre = bd[mid].prefix.g;
+      const bool below = status == boundary_resolved ? d >= pre : (status == boundary_active && d > pre);
+      if (below) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    const bool candidate = lo < p.nb && bd[lo].status == boundary_active && bd[lo].prefix.g == d;
+    table[d]             = static_cast<short>(candidate ? -1 : lo);
+  }
+  cols.zero(me);
+  __syncthreads();
+  const int lane           = me % 32;
+  const unsigned below     = (1u << lane) - 1u;
+  const std::int64_t w     = static_cast<std::int64_t>(blockIdx.x) * pass_warps + me / 32;
+  const std::int64_t begin = w * p.chunk;
+  const std::int64_t end   = begin + p.chunk < p.n ? begin + p.chunk : p.n;
+  const std::int64_t cbase = static_cast<std::int64_t>(c) * p.n;
+  const bool write         = p.seg_key != nullptr;
+  long long listed         = 0;
+  for (std::int64_t base = begin; base < end; base += 32 * compact_unroll) {  // warp-uniform
+    key_t x[compact_unroll];
+    QPROB_UNROLL
+    for (int u = 0; u < compact_unroll; ++u) {
+      const std::int64_t j = base + u * 32 + lane;
+      x[u]                 = j < end ? p.keys[cbase + j] : key_sentinel;
+    }
+    QPROB_UNROLL
+    for (int u = 0; u < compact_unroll; ++u) {
+      const int t          = x[u] != key_sentinel ? table[coarse_digit(x[u])] : -2;
+      const unsigned cands = __ballot_sync(0xffffffffu, t == -1);
+      if (t == -1) {
+        if (write) {
+          const std::int64_t at = cbase + begin + listed + __popc(cands & below);
+          p.seg_key[at]         = x[u];
+          p.seg_index[at]       = static_cast<unsigned>(base + u * 32 + lane);
+        }
+      } else if (t >= 0) {
+        cols.add(me, t - p.slot0, x[u]);
+      }
+      listed += __popc(cands);
+    }
+  }
+  if (write && lane == 0) {
+    p.seg_count[static_cast<std::int64_t>(c) * gridDim.x * pass_warps + w] = listed;
+  }
+  const int blocks = static_cast<int>(gridDim.x);
+  cols.store(me, p.dpart + static_cast<std::int64_t>(c) * slot_group * blocks, p.ipart + static_cast<std::int64_t>(c) * 2 * slot_group * blocks,
+             blocks, static_cast<int>(blockIdx.x));
+}
+
+[[nodiscard]] inline cudaError_t prepare_compact_sums() noexcept {
+  return cudaFuncSetAttribute(compact_sums_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(compact_sums_smem()));
+}
+/// Blocks along x of compact_sums_kernel, and of every kernel that reads the lists it writes.
+[[nodiscard]] inline int compact_sums_grid(std::int64_t n, int classes) noexcept {
+  if (prepare_compact_sums() != cudaSuccess) {
+    (void)cudaGetLastError();  // the launch reports it
+  }
+  const int total = streaming_grid(n * classes, compact_sums_kernel, compact_sums_smem());
+  return (total + classes - 1) / classes;
+}
+/// Keys per warp of compact_sums_kernel for `grid` blocks: a multiple of one warp step.
+[[nodiscard]] inline std::int64_t compact_chunk(std::int64_t n, int grid) noexcept {
+  const std::int64_t warps = static_cast<std::int64_t>(grid) * pass_warps, step = 32 * compact_unroll;
+  return ((n + warps - 1) / warps + step - 1) / step * step;
+}
+
+/// compact_sums_kernel for ranges [slot0, slot0 + slot_group), reduced into dres / ires as launch_group_sums.
+[[nodiscard]] inline cudaError_t launch_compact_sums(const compact_params& p, int classes, int grid, double* dres, long long* ires,
+                                                     cudaStream_t stream) noexcept {
+  QPROB_CUDA_RETURN(prepare_compact_sums());
+  compact_sums_kernel<<<dim3(static_cast<unsigned>(grid), static_cast<unsigned>(classes)), pass_threads, compact_sums_smem(), stream>>>(p);
   QPROB_CUDA_RETURN(::qprob::detail::post_launch(stream));
   QPROB_CUDA_RETURN(launch_reduce_partials<double>(p.dpart, classes * slot_group, grid, -1, -1, dres, stream));
   return launch_reduce_partials<long long>(p.ipart, classes * 2 * slot_group, grid, -1, -1, ires, stream);

@@ -263,41 +263,87 @@ inline choice_scores copy_to_host(const device_choice_scores& s, cudaStream_t st
 }
 
 
-/// Equal-mass range sums of `classes` populations of compact keys (classes x n, sentinel = absent): per
-/// class the radix selection of the R - 1 boundaries, then per-range count / value sum / flag count.
-/// Returns classes x ranges bin_sums, class-major. Synchronizes the stream (read-back).
-inline std::vector<bin_sums> equal_mass_sums(const key_t* keys, std::int64_t n, int classes, int ranges, cudaStream_t stream) {
-  const int nb = ranges - 1;
-  const std::int64_t cells = static_cast<std::int64_t>(classes) * std::max(nb, 1);
-  device_buffer<select_boundary> boundary(cells, stream);
-  device_buffer<select_class> cls(classes, stream);
-  device_buffer<prefix_t> leader(cells, stream);
-  device_buffer<unsigned> hist(cells * 256, stream);
-  const select_state st{boundary.data(), cls.data(), leader.data(), hist.data(), classes, nb, ranges};
-  QPROB_CUDA_TRY(launch_select(keys, n, st, stream));
+/// Selection state of `classes` populations split into `ranges` equal-mass ranges, with its (zeroed)
+/// histograms, so that the kernel producing the keys can add selection pass 0's histogram on the way.
+struct equal_mass_selection {
+  int classes;
+  int ranges;
+  int nb;
+  device_buffer<select_boundary> boundary;
+  device_buffer<select_class> cls;
+  device_buffer<prefix_t> leader;
+  device_buffer<unsigned> hist;
 
-  const int groups = (ranges + slot_group - 1) / slot_group;
-  const int grid   = group_sums_grid(n, classes, nb);
-  device_buffer<double> dpart(static_cast<std::int64_t>(classes) * slot_group * grid, stream);
-  device_buffer<long long> ipart(static_cast<std::int64_t>(classes) * 2 * slot_group * grid, stream);
-  device_buffer<double> dres(static_cast<std::int64_t>(groups) * classes * slot_group, stream);
-  device_buffer<long long> ires(static_cast<std::int64_t>(groups) * classes * 2 * slot_group, stream);
+  equal_mass_selection(int classes_, int ranges_, cudaStream_t stream)
+      : classes(classes_),
+        ranges(ranges_),
+        nb(ranges_ - 1),
+        boundary(static_cast<std::int64_t>(classes_) * std::max(ranges_ - 1, 1), stream),
+        cls(classes_, stream),
+        leader(static_cast<std::int64_t>(classes_) * std::max(ranges_ - 1, 1), stream),
+        hist(classes_ * select_hist_stride(ranges_ - 1), stream) {
+    QPROB_CUDA_TRY(cudaMemsetAsync(hist.data(), 0, static_cast<std::size_t>(hist.size()) * sizeof(unsigned), stream));
+  }
+  [[nodiscard]] select_state state() noexcept { return {boundary.data(), cls.data(), leader.data(), hist.data(), classes, nb, ranges}; }
+  /// Pass 0's histogram of class c at [c * stride, c * stride + coarse_buckets); null when there is nothing
+  /// to select (one range).
+  [[nodiscard]] unsigned* pass0_hist() noexcept { return nb >= 1 ? hist.data() : nullptr; }
+  [[nodiscard]] std::int64_t pass0_stride() const noexcept { return select_hist_stride(nb); }
+};
+
+/// Equal-mass range sums of sel.classes populations of compact keys (classes x n, sentinel = absent): per
+/// class the radix selection of the R - 1 boundaries, then per-range count / value sum / flag count.
+/// Pass 0 of the selection (unless `pass0_done`: the keys' producer filled sel.pass0_hist()) and one split
+/// pass read every key; later passes and the range sums of the undecided elements read only the
+/// candidates' lists (device_passes.cuh). Returns classes x ranges bin_sums, class-major, each the sum of
+/// the decided part and the candidates' part (in that order). Synchronizes the stream (read-back).
+inline std::vector<bin_sums> equal_mass_sums(const key_t* keys, std::int64_t n, equal_mass_selection& sel, bool pass0_done, cudaStream_t stream) {
+  const int classes = sel.classes, ranges = sel.ranges, nb = sel.nb;
+  const select_state st = sel.state();
+  const key_population all{keys, nullptr, nullptr, n, 0, 0};
+  QPROB_CUDA_TRY(launch_select_passes(all, st, 0, 0, select_grid(n, classes), stream, pass0_done));
+
+  // split: the decided elements' range sums, and the candidates' lists
+  const int groups         = (ranges + slot_group - 1) / slot_group;
+  const int cgrid          = compact_sums_grid(n, classes);
+  const std::int64_t chunk = compact_chunk(n, cgrid);
+  device_buffer<key_t> seg_key(static_cast<std::int64_t>(classes) * n, stream);
+  device_buffer<unsigned> seg_index(static_cast<std::int64_t>(classes) * n, stream);
+  device_buffer<long long> seg_count(static_cast<std::int64_t>(classes) * cgrid * pass_warps, stream);
+  device_buffer<double> dpart(static_cast<std::int64_t>(classes) * slot_group * cgrid, stream);
+  device_buffer<long long> ipart(static_cast<std::int64_t>(classes) * 2 * slot_group * cgrid, stream);
+  const std::int64_t dcells = static_cast<std::int64_t>(groups) * classes * slot_group;
+  device_buffer<double> dres(2 * dcells, stream);  // decided, then candidates
+  device_buffer<long long> ires(4 * dcells, stream);
   for (int g = 0; g < groups; ++g) {
-    const group_sums_params p{keys, n, g * slot_group, true, boundary.data(), nb, 0, bin_edges::upper_closed, dpart.data(), ipart.data()};
-    QPROB_CUDA_TRY(launch_group_sums(p, classes, grid, dres.data() + static_cast<std::int64_t>(g) * classes * slot_group,
-                                     ires.data() + static_cast<std::int64_t>(g) * classes * 2 * slot_group, stream));
+    const bool first = g == 0;
+    const compact_params p{keys, n, sel.boundary.data(), nb, g * slot_group, chunk, first ? seg_key.data() : nullptr,
+                           first ? seg_index.data() : nullptr, seg_count.data(), dpart.data(), ipart.data()};
+    QPROB_CUDA_TRY(launch_compact_sums(p, classes, cgrid, dres.data() + static_cast<std::int64_t>(g) * classes * slot_group,
+                                       ires.data() + static_cast<std::int64_t>(g) * classes * 2 * slot_group, stream));
+  }
+
+  // the rest of the selection and the candidates' range sums, over the lists (read by the same grid)
+  const key_population cand{seg_key.data(), seg_index.data(), seg_count.data(), n, chunk, cgrid * pass_warps};
+  QPROB_CUDA_TRY(launch_select_passes(cand, st, 1, select_passes - 1, cgrid, stream));
+  for (int g = 0; g < groups; ++g) {
+    const group_sums_params p{cand, g * slot_group, true, sel.boundary.data(), nb, 0, bin_edges::upper_closed, dpart.data(), ipart.data()};
+    QPROB_CUDA_TRY(launch_group_sums(p, classes, cgrid, dres.data() + dcells + static_cast<std::int64_t>(g) * classes * slot_group,
+                                     ires.data() + 2 * dcells + static_cast<std::int64_t>(g) * classes * 2 * slot_group, stream));
   }
   const auto dh = dres.to_host();
   const auto ih = ires.to_host();
   std::vector<bin_sums> out(static_cast<std::size_t>(classes) * static_cast<std::size_t>(ranges));
+  const auto dcell = static_cast<std::size_t>(dcells);
   for (int c = 0; c < classes; ++c) {
     for (int r = 0; r < ranges; ++r) {
       const std::size_t gc = static_cast<std::size_t>(r / slot_group) * static_cast<std::size_t>(classes) + static_cast<std::size_t>(c);
       const std::size_t s  = static_cast<std::size_t>(r % slot_group);
+      const std::size_t ic = gc * 2 * slot_group + s, fc = ic + slot_group, vc = gc * slot_group + s;
       auto& o              = out[static_cast<std::size_t>(c) * static_cast<std::size_t>(ranges) + static_cast<std::size_t>(r)];
-      o.count              = static_cast<double>(ih[gc * 2 * slot_group + s]);
-      o.hit                = static_cast<double>(ih[gc * 2 * slot_group + slot_group + s]);
-      o.conf               = dh[gc * slot_group + s];
+      o.count              = static_cast<double>(ih[ic] + ih[2 * dcell + ic]);
+      o.hit                = static_cast<double>(ih[fc] + ih[2 * dcell + fc]);
+      o.conf               = dh[vc] + dh[dcell + vc];
     }
   }
   return out;
@@ -314,12 +360,13 @@ inline std::vector<bin_sums> equal_width_sums(const key_t* keys, std::int64_t n,
     return out;
   }
   const int grid = group_sums_grid(n, 1, 0);
+  const key_population all{keys, nullptr, nullptr, n, 0, 0};
   device_buffer<double> dpart(static_cast<std::int64_t>(slot_group) * grid, stream);
   device_buffer<long long> ipart(static_cast<std::int64_t>(2) * slot_group * grid, stream);
   device_buffer<double> dres(static_cast<std::int64_t>(groups) * slot_group, stream);
   device_buffer<long long> ires(static_cast<std::int64_t>(groups) * 2 * slot_group, stream);
   for (int g = first_group; g < groups; ++g) {
-    const group_sums_params p{keys, n, g * slot_group, false, nullptr, 0, bins, edges, dpart.data(), ipart.data()};
+    const group_sums_params p{all, g * slot_group, false, nullptr, 0, bins, edges, dpart.data(), ipart.data()};
     QPROB_CUDA_TRY(launch_group_sums(p, 1, grid, dres.data() + static_cast<std::int64_t>(g) * slot_group,
                                      ires.data() + static_cast<std::int64_t>(g) * 2 * slot_group, stream));
   }
@@ -384,8 +431,10 @@ inline std::vector<bin_sums> equal_width_sums(const key_t* keys, std::int64_t n,
     const int max_k = static_cast<int>(ih[i_max_k]);
     if (opt.ace == ace_variant::nixon) {
       device_buffer<key_t> class_keys(static_cast<std::int64_t>(max_k) * n, stream);
-      QPROB_CUDA_TRY(launch_class_keys(s, opt.score, max_k, class_keys.data(), stream));
-      const auto cells  = equal_mass_sums(class_keys.data(), n, max_k, opt.ace_ranges, stream);
+      equal_mass_selection sel(max_k, opt.ace_ranges, stream);
+      unsigned* hist = max_k <= class_keys_hist_classes ? sel.pass0_hist() : nullptr;
+      QPROB_CUDA_TRY(launch_class_keys(s, opt.score, max_k, class_keys.data(), hist, sel.pass0_stride(), stream));
+      const auto cells  = equal_mass_sums(class_keys.data(), n, sel, hist != nullptr, stream);
       std::int64_t used = 0;
       double total      = 0;
       ace               = finish_ranges(cells, used, total);
@@ -394,7 +443,8 @@ inline std::vector<bin_sums> equal_width_sums(const key_t* keys, std::int64_t n,
       ace          = ace_seed_compat(h.view(), opt.score, opt.seed_ace_ranges, opt.seed_ece_bins);
     }
   } else if (top_label) {
-    const auto cells  = equal_mass_sums(conf_keys.data(), n, 1, opt.ace_ranges, stream);
+    equal_mass_selection sel(1, opt.ace_ranges, stream);
+    const auto cells  = equal_mass_sums(conf_keys.data(), n, sel, false, stream);
     std::int64_t used = 0;
     double total      = 0;
     ace               = finish_ranges(cells, used, total);

@@ -175,6 +175,55 @@ TEST_CASE("device metrics on adversarial inputs: ties, bin edges, conf == 1.0, K
   compare_model(m::test::device_model_metrics(one.view(), {}), m::compute_model_metrics_reference(one.view(), {}));
 }
 
+TEST_CASE("device equal-mass ACE: ties, tiny probabilities and many ranges (selection and its candidate list)") {
+  // The equal-mass boundaries are selected digit by digit; after the first digit, elements in a boundary's
+  // digit become a candidate list and the rest are summed at once. Here: a third of the samples share one
+  // score vector (equal probabilities: boundaries fall inside ties and resolve on the sample index, and one
+  // first digit holds a third of each class), a tenth have probabilities down to e^-50 and a tenth around 2^-6
+  // (where the first digit turns from octaves to equal widths), K is ragged (absent classes), and the range counts cross the
+  // 16-slot groups.
+  auto rng = qprob::test::make_rng(105);
+  INFO("seed=", qprob::test::run_seed());
+  std::uniform_real_distribution<double> u01(0.0, 1.0);
+  std::normal_distribution<double> ll(-20.0, 4.0);
+  // K up to 4: the per-class keys' producer also histograms the first digit; K up to 5: a separate pass does
+  for (int k_max : {4, 5}) {
+    m::choice_scores s;
+    const std::int64_t n = 60013;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const int k = k_max - 2 + static_cast<int>(u01(rng) * 3.0) % 3;
+      std::vector<double> l(static_cast<std::size_t>(k));
+      const double kind = u01(rng);
+      for (int j = 0; j < k; ++j) {
+        if (kind < 0.33) {
+          l[static_cast<std::size_t>(j)] = -1.0 - j;  // shared vector (per K)
+        } else if (kind < 0.43) {
+          l[static_cast<std::size_t>(j)] = j == 0 ? 0.0 : -10.0 - 40.0 * u01(rng);  // p down to e^-50
+        } else if (kind < 0.53) {
+          l[static_cast<std::size_t>(j)] = j == 0 ? 0.0 : -4.1 + 0.2 * (u01(rng) - 0.5);  // p around 2^-6
+        } else {
+          l[static_cast<std::size_t>(j)] = ll(rng);
+        }
+      }
+      s.add(l, static_cast<int>(u01(rng) * k) % k);
+    }
+    for (auto v : {m::ace_variant::nixon, m::ace_variant::equal_mass_top_label}) {
+      for (int ranges : {1, 2, 3, 15, 16, 17, 40, 1023}) {
+        m::metric_options o;
+        o.ace        = v;
+        o.ace_ranges = ranges;
+        CAPTURE(k_max);
+        CAPTURE(static_cast<int>(v));
+        CAPTURE(ranges);
+        const auto h = m::compute_model_metrics_reference(s.view(), o);
+        const auto d = m::test::device_model_metrics(s.view(), o);
+        CHECK(close(d.ace, h.ace));
+        CHECK(d.ace > 0.0);
+      }
+    }
+  }
+}
+
 TEST_CASE("device paired metrics match the reference") {
   auto rng = qprob::test::make_rng(103);
   INFO("seed=", qprob::test::run_seed());
