@@ -11,9 +11,10 @@
 //
 // What the pipeline moves beyond that (docs/metrics.md, "Performance and determinism"): the fused pass reads
 // the input once (all moments, counts, validation, ECE bins); equal_mass_top_label and uniform_average also
-// write one 8-byte conf key per sample (80 MB) and read it back per selection pass / bin pass; Nixon reads the
-// input a second time to write per-class probability keys (4 x 80 MB) and runs one selection per class over
-// them (a histogram pass per 8-bit digit until every range boundary is resolved, ~5 passes on random data).
+// write one 8-byte conf key per sample (80 MB); uniform_average reads it back per 16 bins, the equal-mass
+// selection twice (pass 0 and the split pass) and then only its candidates' lists; Nixon reads the input a
+// second time to write per-class probability keys (4 x 80 MB, with selection pass 0's histogram for K <= 4)
+// and reads them once more in the split pass.
 // `frac_of_copy` = compulsory GB/s / measured copy GB/s is the end-to-end efficiency against the roofline of
 // a single pass. The time includes the host read-backs inside the API (and Nixon's mid-way one).
 // bm_sample_pass times the fused pass alone (launcher level, no read-back).

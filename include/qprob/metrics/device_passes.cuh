@@ -4,21 +4,26 @@
 //
 //  * sample_pass: one fused pass over the inputs (one thread per sample, persistent grid). It validates each
 //    sample, evaluates it with the same evaluate_sample as the host reference, and accumulates every moment
-//    sum, the counts, and the first 16 equal-width calibration bins into per-thread registers; each block
-//    writes its partials (field-major), which reduce_partials sums in a fixed order. Optionally it writes one
-//    compact 8-byte key per sample: the bits of conf with the correctness flag in the sign bit.
+//    sum and count in registers and the first 16 equal-width calibration bins in per-thread shared-memory
+//    columns; each block writes its partials (field-major), which reduce_partials sums in a fixed order.
+//    Optionally it writes one compact 8-byte key per sample: the bits of conf with the correctness flag in
+//    the sign bit.
 //  * class_keys: for Nixon ACE, per class k the probability p_ik of every sample in the same compact form
-//    (flag = gold is k), class-major; samples without a choice k get the sentinel key ~0.
+//    (flag = gold is k), class-major; samples without a choice k get the sentinel key ~0. For K <= 4 it
+//    also histograms the keys' coarse digits (selection pass 0).
 //  * radix selection of equal-mass range boundaries over those keys (select_*): per boundary, the element at
 //    sorted position np.array_split-start(r) of the stable order (value, then sample index), found digit by
-//    digit (8-bit digits of the 96-bit composite key value.index) with integer histograms; it stops as soon as
-//    the boundary is the smallest element of its prefix group, so the boundary is a prefix threshold.
+//    digit (a 12-bit monotone coarse digit, then the bytes of value and index) with integer histograms; it
+//    stops as soon as the boundary is the smallest element of its prefix group (a prefix threshold). After
+//    pass 0 a split pass (compact_sums) sums the elements whose range is already known and lists the others;
+//    later passes read only the lists.
 //  * group sums: per range (equal-mass) or per equal-width bin, count / sum of values / sum of flags, 16 slots
-//    per launch in registers, block partials, fixed-order reduction.
+//    per launch in per-thread shared-memory columns, block partials, fixed-order reduction.
 //
 // Determinism: floating-point values are only ever summed by one thread in a fixed sequence, by
-// cub::BlockReduce, or by reduce_partials_kernel's fixed tree; integer counts use atomics (exact). The grid
-// depends only on n and the device's SM count, so results are run-to-run identical on one GPU.
+// cub::BlockReduce, or by reduce_partials_kernel's fixed tree; integer counts use atomics (exact); the
+// candidates' lists are in sample order per warp. The grid depends only on n and the device's SM count, so
+// results are run-to-run identical on one GPU.
 
 #include <qprob/core/config.hpp>
 #include <qprob/core/cuda_check.hpp>
