@@ -617,7 +617,6 @@ struct select_boundary {
 };
 
 struct select_class {
-  long long count;   ///< population size (known after pass 0)
   int leaders;       ///< active leader slots of the next pass
 };
 
@@ -647,7 +646,7 @@ __global__ void select_init_kernel(select_state st) {
     st.boundary[static_cast<std::int64_t>(c) * st.nb + b] = select_boundary{{0, 0, 0}, 0, 0, boundary_active, 0};
   }
   if (threadIdx.x == 0) {
-    st.cls[c]                                        = select_class{0, 1};
+    st.cls[c]                                        = select_class{1};
     st.leader[static_cast<std::int64_t>(c) * st.nb] = prefix_t{0, 0, 0};
   }
 }
@@ -742,13 +741,13 @@ QPROB_DEVICE inline void descend(select_boundary& b, int pass, int digit, long l
   }
 }
 
+inline constexpr int advance_threads = 512;  ///< threads of select_advance_kernel
+
 /// Consumes the histograms of pass `pass` for class blockIdx.x: each active boundary picks its digit, the
 /// histograms are cleared, and thread 0 lists the leader slots of the next pass. Pass 0 (one 4096-bucket
 /// histogram of the whole population) also fixes the population size and the boundaries' positions: the
 /// block scans the histogram once and each boundary binary-searches it. Later passes: one warp per boundary
 /// over its slot's 256 buckets.
-inline constexpr int advance_threads = 512;
-
 __global__ void __launch_bounds__(advance_threads) select_advance_kernel(select_state st, int pass) {
   const int c       = static_cast<int>(blockIdx.x);
   const int leaders = st.cls[c].leaders;
@@ -775,9 +774,6 @@ __global__ void __launch_bounds__(advance_threads) select_advance_kernel(select_
       incl[tid * items + k] = v[k];
     }
     __syncthreads();
-    if (tid == 0) {
-      st.cls[c].count = count;
-    }
     for (int b = tid; b < st.nb; b += advance_threads) {
       const long long t = equal_mass_start(b + 1, count, st.ranges);
       bd[b].rank        = t;
