@@ -8,23 +8,30 @@
 // dequantized weights.
 //
 // The product is computed transposed, y^T (N x M) = W (N x K) x^T, so that the quantized operand is wgmma's A
-// operand, which may come from registers: the codes go from device memory through registers into the tensor
-// cores and never through shared memory as fp16. For that, the weight is repacked once (at load time:
-// repack_for_mma) into the "mma layout": for every 16 output features and every 64 k, each of the 32 lanes of a
-// warp holds, in bits/4 x 4 consecutive 32-bit words, exactly the codes of its A fragments (rows g and g + 8,
-// k 2q, 2q + 1, 2q + 8, 2q + 9 of each k16 step, g = lane / 4, q = lane % 4), placed so that the 0x6400
-// exponent trick turns them into the fragment's fp16 pairs directly; scales and zero points are repacked per
-// 16 features and group the same way (mma_weight::scale_zero). x^T is wgmma's B operand: x tiles (128 rows x 64 k) come
-// through a cp.async ring of shared-memory stages with the 128-byte swizzle (16-byte chunk c of row r at
-// r * 128 + ((c ^ (r % 8)) * 16), 1024-aligned) that the descriptors name.
+// operand, which may come from registers: the codes are dequantized in registers and never pass through shared
+// memory as fp16. For that, the weight is repacked once (at load time: repack_for_mma) into the "mma layout":
+// for every 16 output features and every 64 k, each of the 32 lanes of a warp holds, in bits/4 x 4 consecutive
+// 32-bit words, exactly the codes of its A fragments (rows g and g + 8, k 2q, 2q + 1, 2q + 8, 2q + 9 of each k16
+// step, g = lane / 4, q = lane % 4), placed so that the 0x6400 exponent trick turns them into the fragment's
+// fp16 pairs directly; the eight 16-feature blocks of one kernel block are adjacent per k tile (4 or 8 KB, one
+// copy), and the scales and zero points likewise per group (512 bytes; mma_weight::scale_zero). x^T is wgmma's
+// B operand: 128 rows x 64 k per tile with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
+// ((c ^ (r % 8)) * 16), 1024-aligned) that the descriptors name.
 //
-// Block: 256 threads = two warpgroups, 128 output features (64 per warpgroup, 16 per warp) x 128 rows of x. Per
-// k tile: each thread's own 16 (4 bits) or 32 (8 bits) bytes of codes arrive by cp.async with the x tile; the
-// thread dequantizes them into its A fragments, then the warpgroup issues four wgmma and waits for them (no
-// wgmma may be in flight while A registers are written); two blocks per SM overlap one's dequantization with
-// the other's tensor-core work.
-// The epilogue transposes the 128 x 128 fp32 tile through shared memory and writes y rows (fp16, or float32 with
-// an optional accumulation into y for residual streams) with 16-byte stores.
+// Block: 256 threads = two warpgroups, 128 output features (64 per warpgroup, 16 per warp) x 128 rows of x, two
+// blocks per SM. A ring of Stages shared-memory stages, each filled by the Hopper copy engine: lane 0 of warp 0
+// issues one TMA load of the x tile (which also writes the swizzle and zero-fills rows past M) and three bulk
+// copies (the block's codes of the tile, the scale / zero entries of the groups of its two 32-k halves), all
+// counted on the stage's "full" mbarrier, Stages - 2 tiles ahead; it refills a stage only after every thread has
+// released it on its "empty" mbarrier (the tile two behind, which both warpgroups are past, so it practically
+// never waits). No block-wide barrier in the main loop, no copy addressing in the other warps. Each thread keeps
+// two sets of A fragments: it dequantizes tile kt + 1 into one while the warpgroup's four wgmma of tile kt read
+// the other, then waits for them (ptxas serializes wgmma whose A registers are written while one is in flight,
+// so the set being written is never the one in flight). The epilogue transposes the 128 x 128 fp32 tile through
+// shared memory and writes y rows (fp16, or float32 with an optional accumulation into y for residual streams)
+// with 16-byte stores.
+// (Tried: a dedicated producer warp, 288 threads, leaves 96 registers per thread at two blocks per SM: the wgmma
+// were serialized and spilled. docs/performance.md has the history.)
 //
 // Supported (mma_layout_supported, int_gemm_device_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
 // N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
@@ -41,8 +48,10 @@
 #include <qprob/quant/act_order.cuh>
 #include <qprob/quant/pack.hpp>
 
+#include <cuda.h>  // CUtensorMap (the encoder comes through the runtime: no libcuda link)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <cstdint>
 #include <optional>
@@ -58,6 +67,7 @@ namespace qprob::quant {
 namespace mma_layout {
 
 inline constexpr int kFeatureBlock = 16;   ///< output features per warp fragment
+inline constexpr int kBlockBlocks  = 8;    ///< feature blocks per kernel block (128 features)
 inline constexpr int kKTile        = 64;   ///< k per tile
 inline constexpr int kPadFeatures  = 128;  ///< features are padded to the kernel's block (zero codes, zero scales)
 
@@ -73,9 +83,24 @@ template <quantized_policy P>
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t code_words(std::int64_t n, std::int64_t k) noexcept {
   return padded_features(n) / kFeatureBlock * (k / kKTile) * 32 * words_per_lane<P>;
 }
-/// uint2 entries of the repacked scales and zero points: per 16 features, group and fragment row g (0..7).
+/// uint2 entries of the repacked scales and zero points: per 128 features, group, 16-feature block and fragment
+/// row g (0..7).
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t scale_zero_entries(std::int64_t n, std::int64_t groups) noexcept {
   return padded_features(n) / kFeatureBlock * groups * 8;
+}
+
+/// Word index of word `w` of lane `lane` in (16-feature block nb, k tile kt): the codes of the kernel block's
+/// eight feature blocks for one k tile are contiguous (one bulk copy).
+template <quantized_policy P>
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t code_word_index(std::int64_t nb, std::int64_t kt, std::int64_t tiles, int lane,
+                                                                      int w) noexcept {
+  return (((nb / kBlockBlocks * tiles + kt) * kBlockBlocks + nb % kBlockBlocks) * 32 + lane) * words_per_lane<P> + w;
+}
+/// Entry index of fragment row g of (16-feature block nb, group grp): a kernel block's entries of one group
+/// are contiguous (512 bytes).
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t scale_zero_index(std::int64_t nb, std::int64_t grp, std::int64_t groups,
+                                                                       int g) noexcept {
+  return ((nb / kBlockBlocks * groups + grp) * kBlockBlocks + nb % kBlockBlocks) * 8 + g;
 }
 
 /// Where slot `slot` of word `w` of lane `lane` in (feature block nb, k tile kt) comes from: its row (output
@@ -113,28 +138,8 @@ inline constexpr int kThreads = 256;
 template <quantized_policy P>
 inline constexpr bool gemm_bits = (P::bits == 4 || P::bits == 8) && std::is_same_v<typename P::compute_type, half_t>;
 
-template <quantized_policy P, int Stages>
-struct gemm_smem {
-  static constexpr int x_tile       = kBM * kBK * 2;  // 16 KB of x per stage (128-byte swizzled rows)
-  static constexpr int code_bytes   = mma_layout::words_per_lane<P> * 4;  // each thread's own codes ...
-  static constexpr int sz_off       = kThreads * code_bytes;                // ... then each thread's 2 scale/zero entries
-  static constexpr int w_tile       = sz_off + kThreads * 16;
-  static constexpr int x_off        = 0;
-  static constexpr int w_off        = Stages * x_tile;
-  static constexpr int bytes        = w_off + Stages * w_tile;
-  static constexpr int out_pitch    = kBN + 8;        // halves per row of the epilogue's transposed fp16 tile
-  static constexpr int out_pitch_f  = kBN + 4;        // floats per row of the float32 tile (conflict-free writes)
-  static_assert(kBM * out_pitch * 2 <= bytes && kBM * out_pitch_f * 4 <= bytes, "the epilogue reuses the stages");
-  static constexpr int launch_bytes = bytes + 1024;   // room to align the base
-};
-
 QPROB_DEVICE QPROB_FORCEINLINE std::uint32_t smem_addr(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-/// Byte offset of 16-byte chunk c (0..7) of row r in a K-major tile with the 128-byte swizzle.
-QPROB_DEVICE QPROB_FORCEINLINE std::uint32_t swizzled(int r, int c) {
-  return static_cast<std::uint32_t>(r * 128 + ((c ^ (r & 7)) << 4));
 }
 
 /// wgmma shared-memory descriptor of a K-major, 128-byte-swizzled tile at `addr` (1024-aligned): leading
@@ -144,29 +149,12 @@ QPROB_DEVICE QPROB_FORCEINLINE std::uint64_t smem_desc(std::uint32_t addr) {
          (std::uint64_t{1} << 62);
 }
 
-QPROB_DEVICE QPROB_FORCEINLINE void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-QPROB_DEVICE QPROB_FORCEINLINE void cp_async8(std::uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
-}
-QPROB_DEVICE QPROB_FORCEINLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int Pending>
-QPROB_DEVICE QPROB_FORCEINLINE void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
-}
-
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #  define QPROB_HAS_WGMMA 1
 #else
 #  define QPROB_HAS_WGMMA 0
 #endif
 
-QPROB_DEVICE QPROB_FORCEINLINE void fence_async_smem() {
-#if QPROB_HAS_WGMMA
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
 QPROB_DEVICE QPROB_FORCEINLINE void wgmma_fence() {
 #if QPROB_HAS_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -182,6 +170,19 @@ QPROB_DEVICE QPROB_FORCEINLINE void wgmma_wait() {
 #if QPROB_HAS_WGMMA
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
 #endif
+}
+
+/// 16 and 8 bytes from shared memory by their shared-window address (the compiler loses the address space of
+/// pointers into the aligned dynamic buffer and would emit generic loads).
+QPROB_DEVICE QPROB_FORCEINLINE uint4 ld_shared16(std::uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+QPROB_DEVICE QPROB_FORCEINLINE uint2 ld_shared8(std::uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
 }
 
 /// Keeps the compiler from moving accesses of the accumulators across wgmma fences and waits.
@@ -243,6 +244,12 @@ QPROB_DEVICE QPROB_FORCEINLINE void wgmma_rs_m64n128k16(float (&d)[64], const st
 /// the fragment's rows (scale_zero: x = scale(g) | scale(g + 8) << 16, y = the fp16 1024 + zero of both).
 template <quantized_policy P>
 QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words, uint2 sz_lo, uint2 sz_hi, std::uint32_t (&frag)[4][4]) {
+  // (w & mask) | 0x64006400 in one lop3 (the compiler emits an and and an or for two immediates)
+  const auto bias = [](std::uint32_t w, std::uint32_t mask) {
+    std::uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(w), "r"(mask), "r"(0x64006400u));
+    return r;
+  };
   const auto apply = [](std::uint32_t biased, std::uint32_t z, std::uint32_t s) {
     const __half2 v = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&biased), *reinterpret_cast<const __half2*>(&z)),
                               *reinterpret_cast<const __half2*>(&s));
@@ -257,128 +264,34 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words
     const std::uint32_t z_g  = __byte_perm(sz.y, 0, 0x1010), z_g8 = __byte_perm(sz.y, 0, 0x3232);
     if constexpr (P::bits == 4) {
       const std::uint32_t w = words[step];
-      frag[step][0] = apply((w & 0x000f000fu) | 0x64006400u, z_g, s_g);
-      frag[step][1] = apply(((w >> 4) & 0x000f000fu) | 0x64006400u, z_g8, s_g8);
-      frag[step][2] = apply(((w >> 8) & 0x000f000fu) | 0x64006400u, z_g, s_g);
-      frag[step][3] = apply(((w >> 12) & 0x000f000fu) | 0x64006400u, z_g8, s_g8);
+      frag[step][0] = apply(bias(w, 0x000f000fu), z_g, s_g);
+      frag[step][1] = apply(bias(w >> 4, 0x000f000fu), z_g8, s_g8);
+      frag[step][2] = apply(bias(w >> 8, 0x000f000fu), z_g, s_g);
+      frag[step][3] = apply(bias(w >> 12, 0x000f000fu), z_g8, s_g8);
     } else {
       const std::uint32_t w0 = words[2 * step], w1 = words[2 * step + 1];
-      frag[step][0] = apply((w0 & 0x00ff00ffu) | 0x64006400u, z_g, s_g);
-      frag[step][1] = apply(((w0 >> 8) & 0x00ff00ffu) | 0x64006400u, z_g8, s_g8);
-      frag[step][2] = apply((w1 & 0x00ff00ffu) | 0x64006400u, z_g, s_g);
-      frag[step][3] = apply(((w1 >> 8) & 0x00ff00ffu) | 0x64006400u, z_g8, s_g8);
+      frag[step][0] = apply(bias(w0, 0x00ff00ffu), z_g, s_g);
+      frag[step][1] = apply(bias(w0 >> 8, 0x00ff00ffu), z_g8, s_g8);
+      frag[step][2] = apply(bias(w1, 0x00ff00ffu), z_g, s_g);
+      frag[step][3] = apply(bias(w1 >> 8, 0x00ff00ffu), z_g8, s_g8);
     }
   }
 }
 
-template <quantized_policy P, int Stages, class OutT>
-__global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __restrict__ x, std::int64_t ldx, int m, int k, int n,
-                                                            const std::uint32_t* __restrict__ codes, const uint2* __restrict__ scale_zero,
-                                                            int groups, int group_width, OutT* __restrict__ y, std::int64_t ldy,
-                                                            bool accumulate) {
-  using L                 = gemm_smem<P, Stages>;
-  constexpr int wpl       = mma_layout::words_per_lane<P>;
-  extern __shared__ unsigned char gemm_raw[];
-  unsigned char* base     = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(gemm_raw) + 1023) & ~std::uintptr_t{1023});
-  const int t             = static_cast<int>(threadIdx.x);
-  const int lane          = t % 32, warp = t / 32, wg = t / 128;
-  const int m0            = static_cast<int>(blockIdx.x) * kBM;
-  const int n0            = static_cast<int>(blockIdx.y) * kBN;
-  const int tiles         = k / kBK;
-  const std::int64_t nb   = n0 / mma_layout::kFeatureBlock + warp;  // this warp's 16-feature block
-  const std::uint32_t* my_codes = codes + (nb * tiles * 32 + lane) * wpl;
-  const uint2* my_sz            = scale_zero + nb * groups * 8 + lane / 4;
-
-  // cp.async of k tile `kt` into stage `st`: x rows (past m zero-filled) and this thread's own codes.
-  const auto load_tile = [&](int kt, int st) {
-    unsigned char* xs = base + L::x_off + st * L::x_tile;
-    QPROB_UNROLL
-    for (int i = 0; i < kBM * 8 / kThreads; ++i) {
-      const int idx = t + i * kThreads;
-      const int r = idx / 8, c = idx % 8;
-      const bool in = m0 + r < m;
-      const half_t* src = x + static_cast<std::int64_t>(in ? m0 + r : 0) * ldx + kt * kBK + c * 8;
-      cp_async16(smem_addr(xs + swizzled(r, c)), src, in ? 16 : 0);
-    }
-    unsigned char* ws = base + L::w_off + st * L::w_tile;
-    QPROB_UNROLL
-    for (int i = 0; i < wpl / 4; ++i) {
-      cp_async16(smem_addr(ws + t * L::code_bytes + 16 * i), my_codes + static_cast<std::int64_t>(kt) * 32 * wpl + 4 * i, 16);
-    }
-    // the scale / zero entries of the tile's two 32-column halves (the same group unless groups are 32 wide)
-    const int k0 = kt * kBK;
-    cp_async8(smem_addr(ws + L::sz_off + t * 16), my_sz + static_cast<std::int64_t>(k0 / group_width) * 8);
-    cp_async8(smem_addr(ws + L::sz_off + t * 16 + 8), my_sz + static_cast<std::int64_t>((k0 + 32) / group_width) * 8);
-  };
-
-  float acc[64];  // set by the first wgmma (accumulate = 0)
-
-  // This thread's A fragments of k tile kt (its codes, scales and zero points from the tile's stage).
-  const auto fragments_of = [&](int kt, std::uint32_t (&frag)[4][4]) {
-    const unsigned char* wst = base + L::w_off + (kt % Stages) * L::w_tile;
-    const auto* ws           = reinterpret_cast<const uint4*>(wst + t * L::code_bytes);
-    std::uint32_t words[wpl];
-    QPROB_UNROLL
-    for (int i = 0; i < wpl / 4; ++i) {
-      const uint4 v    = ws[i];
-      words[4 * i]     = v.x;
-      words[4 * i + 1] = v.y;
-      words[4 * i + 2] = v.z;
-      words[4 * i + 3] = v.w;
-    }
-    const uint4 sz = *reinterpret_cast<const uint4*>(wst + L::sz_off + t * 16);
-    dequant_fragments<P>(words, make_uint2(sz.x, sz.y), make_uint2(sz.z, sz.w), frag);
-  };
-  // The warpgroup's four wgmma of k tile kt (64 features x 128 rows x 64 k), committed as one group.
-  const auto mma_tile = [&](int kt, std::uint32_t (&frag)[4][4]) {
-    const std::uint32_t xa = smem_addr(base + L::x_off + (kt % Stages) * L::x_tile);
-    fence_fragments(frag);
-    fence_accumulators(acc);
-    wgmma_fence();
-    QPROB_UNROLL
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    fence_accumulators(acc);
-  };
-
-  // prologue: Stages - 1 tiles in flight
-  QPROB_UNROLL
-  for (int s = 0; s < Stages - 1; ++s) {
-    if (s < tiles) {
-      load_tile(s, s);
-    }
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < tiles; ++kt) {
-    cp_async_wait<Stages - 2>();  // tile kt (own codes, own x chunks) has landed
-    fence_async_smem();
-    __syncthreads();              // everyone's x chunks of tile kt; everyone is past tile kt - 1's wgmma
-    if (kt + Stages - 1 < tiles) {
-      load_tile(kt + Stages - 1, (kt + Stages - 1) % Stages);
-    }
-    cp_async_commit();
-    std::uint32_t frag[4][4];
-    fragments_of(kt, frag);
-    mma_tile(kt, frag);
-    // The overlap of one warpgroup's dequantization with tensor-core work comes from the other warpgroups on the
-    // SM. (Two fragment sets, the next tile dequantized while this tile's wgmma run, compiled without
-    // serialization but measured no faster: 135 vs 137 us at 512 x 11008 x 4096, docs/performance.md.)
-    wgmma_wait<0>();
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // every stage is free: the transposed output tile reuses them
-
-  // epilogue: accumulator i of thread (warp w of the warpgroup, lane l) is feature 16w + l/4 + 8((i>>1)&1) of
-  // the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] in shared memory, then 16-byte
-  // stores of whole rows. fp16 output: one rounding of the float32 sum. float32 output: the sum, or the sum
-  // plus y's old value (accumulate: acc + y rounded once, as a GEMM with beta = 1 computes it).
+/// The epilogue: accumulator i of consumer thread t (warp w of its warpgroup, lane l) is feature 16w + l/4 +
+/// 8((i>>1)&1) of the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] goes to shared
+/// memory (`smem`, free by now), then whole rows to y with 16-byte stores. fp16 output: one rounding of the
+/// float32 sum. float32 output: the sum, or the sum plus y's old value (accumulate: acc + y rounded once, as a
+/// GEMM with beta = 1 computes it).
+template <int Pitch, int PitchF, class OutT>
+QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[64], unsigned char* smem, int t, int m0, int n0, int m, int n,
+                                                      OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
+  const int lane = t % 32, warp = t / 32, wg = t / 128;
   const int feature = wg * 64 + (warp % 4) * 16 + lane / 4;
   constexpr bool to_half = std::is_same_v<OutT, half_t>;
-  constexpr int pitch    = to_half ? L::out_pitch : L::out_pitch_f;
+  constexpr int pitch    = to_half ? Pitch : PitchF;
   constexpr int per16    = 16 / static_cast<int>(sizeof(OutT));  // outputs per 16-byte store
-  auto* out              = reinterpret_cast<OutT*>(base);
+  auto* out              = reinterpret_cast<OutT*>(smem);
   QPROB_UNROLL
   for (int i = 0; i < 64; ++i) {
     const int r = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
@@ -411,6 +324,189 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const half_t* __r
   }
 }
 
+template <quantized_policy P, int Stages>
+struct gemm_smem {
+  static constexpr int x_tile     = kBM * kBK * 2;                           // 16 KB, written by TMA (swizzled)
+  static constexpr int warp_codes = 32 * mma_layout::words_per_lane<P> * 4;  // one warp's codes of a k tile
+  static constexpr int codes_off  = x_tile;
+  static constexpr int sz_off     = codes_off + 8 * warp_codes;              // the groups of the tile's two 32-k halves
+  static constexpr int stage      = sz_off + 2 * 512;
+  static_assert(stage % 1024 == 0, "stages keep the x tiles 1024-byte aligned");
+  static constexpr int out_pitch   = kBN + 8;  // halves per row of the epilogue's transposed fp16 tile
+  static constexpr int out_pitch_f = kBN + 4;  // floats per row of the float32 tile
+  static constexpr int out_bytes   = kBM * out_pitch_f * 4;
+  static constexpr int stages_off  = 1024;     // the mbarriers live below the stages
+  static constexpr int bytes       = stages_off + (Stages * stage > out_bytes ? Stages * stage : out_bytes);
+  static constexpr int launch_bytes = bytes + 1024;  // room to align the base
+  static constexpr std::uint32_t tile_tx = x_tile + 8 * warp_codes + 2 * 512;  // bytes that complete a stage
+};
+
+QPROB_DEVICE QPROB_FORCEINLINE void mbar_init(std::uint32_t bar, int count) {
+#if QPROB_HAS_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+QPROB_DEVICE QPROB_FORCEINLINE void mbar_init_fence() {
+#if QPROB_HAS_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+QPROB_DEVICE QPROB_FORCEINLINE void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+#if QPROB_HAS_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+QPROB_DEVICE QPROB_FORCEINLINE void mbar_arrive(std::uint32_t bar) {
+#if QPROB_HAS_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+/// Waits until the phase of parity `parity` of the mbarrier at `bar` has completed.
+QPROB_DEVICE QPROB_FORCEINLINE void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+#if QPROB_HAS_WGMMA
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+#endif
+}
+/// `bytes` (a multiple of 16) from global `src` to shared `dst` (both 16-byte aligned), counted on `bar`.
+QPROB_DEVICE QPROB_FORCEINLINE void bulk_copy(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+#if QPROB_HAS_WGMMA
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst), "l"(src),
+               "r"(bytes), "r"(bar)
+               : "memory");
+#endif
+}
+/// The box of `map` at (c0, c1) (innermost first) into shared `dst`, counted on `bar`.
+QPROB_DEVICE QPROB_FORCEINLINE void tma_load_2d(std::uint32_t dst, const CUtensorMap* map, int c0, int c1, std::uint32_t bar) {
+#if QPROB_HAS_WGMMA
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+               "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+               : "memory");
+#endif
+}
+
+template <quantized_policy P, int Stages, class OutT>
+__global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_constant__ CUtensorMap x_map, int m, int k, int n,
+                                                               const std::uint32_t* __restrict__ codes,
+                                                               const uint2* __restrict__ scale_zero, int groups, int group_width,
+                                                               OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
+  static_assert(Stages >= 3, "the refill runs Stages - 2 tiles ahead");
+  using L             = gemm_smem<P, Stages>;
+  constexpr int wpl   = mma_layout::words_per_lane<P>;
+  constexpr int ahead = Stages - 2;
+  extern __shared__ unsigned char gemm_raw[];
+  unsigned char* base   = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(gemm_raw) + 1023) & ~std::uintptr_t{1023});
+  unsigned char* stages = base + L::stages_off;
+  const std::uint32_t bars = smem_addr(base);  // full[s] at bars + 8 s, empty[s] at bars + 8 (Stages + s)
+  const auto full          = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(s); };
+  const auto empty         = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(Stages + s); };
+  const int t              = static_cast<int>(threadIdx.x);
+  const int lane = t % 32, warp = t / 32;
+  const int m0    = static_cast<int>(blockIdx.x) * kBM;
+  const int n0    = static_cast<int>(blockIdx.y) * kBN;
+  const int tiles = k / kBK;
+  if (t == 0) {
+    QPROB_UNROLL
+    for (int s = 0; s < Stages; ++s) {
+      mbar_init(full(s), 1);           // warp 0's arrive with the byte count
+      mbar_init(empty(s), kThreads);   // every thread, once its warpgroup's wgmma have read the stage
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  // Warp 0: tile kt into stage kt % Stages, four copies by lane 0: the x tile, the block's codes of the tile
+  // (contiguous in the mma layout) and the scale / zero entries of the groups of the tile's first and second
+  // 32-column halves (the same group unless groups are 32 wide or straddle the tile).
+  const std::int64_t nb0 = n0 / mma_layout::kFeatureBlock;
+  const auto issue       = [&](int kt) {
+    const int s            = kt % Stages;
+    const std::uint32_t st = smem_addr(stages + s * L::stage);
+    if (kt >= Stages) {
+      mbar_wait(empty(s), static_cast<std::uint32_t>((kt / Stages + 1) & 1));  // tile kt - Stages is released
+    }
+    if (lane == 0) {
+      mbar_arrive_expect_tx(full(s), L::tile_tx);
+      tma_load_2d(st, &x_map, kt * kBK, m0, full(s));
+      bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), 8 * L::warp_codes, full(s));
+      QPROB_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const int grp = (kt * kBK + 32 * h) / group_width;
+        bulk_copy(st + L::sz_off + 512 * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), 512, full(s));
+      }
+    }
+    __syncwarp();
+  };
+  if (warp == 0) {
+    for (int kt = 0; kt < ahead && kt < tiles; ++kt) {
+      issue(kt);
+    }
+  }
+
+  // Two warpgroups of 64 features (16 per warp) x the block's 128 rows of x.
+  const std::uint32_t stages_addr = smem_addr(stages);
+  const std::uint32_t my_codes    = static_cast<std::uint32_t>(L::codes_off + warp * L::warp_codes + lane * wpl * 4);
+  const std::uint32_t my_sz       = static_cast<std::uint32_t>(L::sz_off + warp * 64 + (lane / 4) * 8);
+  float acc[64];  // set by the first wgmma (accumulate = 0)
+  // This thread's A fragments of tile kt, once the tile has landed.
+  const auto fragments_of = [&](int kt, std::uint32_t (&frag)[4][4]) {
+    const int s = kt % Stages;
+    mbar_wait(full(s), static_cast<std::uint32_t>((kt / Stages) & 1));
+    const std::uint32_t xa = stages_addr + static_cast<std::uint32_t>(s * L::stage);
+    std::uint32_t words[wpl];
+    QPROB_UNROLL
+    for (int i = 0; i < wpl / 4; ++i) {
+      const uint4 v    = ld_shared16(xa + my_codes + 16 * i);
+      words[4 * i]     = v.x;
+      words[4 * i + 1] = v.y;
+      words[4 * i + 2] = v.z;
+      words[4 * i + 3] = v.w;
+    }
+    dequant_fragments<P>(words, ld_shared8(xa + my_sz), ld_shared8(xa + my_sz + 512), frag);
+  };
+  // The warpgroup's four wgmma of tile kt, committed as one group.
+  const auto mma_tile = [&](int kt, std::uint32_t (&frag)[4][4]) {
+    const std::uint32_t xa = stages_addr + static_cast<std::uint32_t>((kt % Stages) * L::stage);
+    fence_fragments(frag);
+    fence_accumulators(acc);
+    wgmma_fence();
+    QPROB_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    fence_accumulators(acc);
+  };
+  // Two fragment sets: tile kt + 1 is dequantized while tile kt's wgmma run (they read the other set).
+  std::uint32_t fa[4][4], fb[4][4];
+  const auto step = [&](int kt, std::uint32_t (&cur)[4][4], std::uint32_t (&next)[4][4]) {
+    if (warp == 0 && kt + ahead < tiles) {
+      issue(kt + ahead);  // its stage held tile kt - 2, which both warpgroups are past
+    }
+    mma_tile(kt, cur);
+    if (kt + 1 < tiles) {
+      fragments_of(kt + 1, next);
+    }
+    wgmma_wait<0>();
+    mbar_arrive(empty(kt % Stages));
+  };
+  fragments_of(0, fa);
+  for (int kt = 0; kt < tiles; kt += 2) {
+    step(kt, fa, fb);
+    if (kt + 1 < tiles) {
+      step(kt + 1, fb, fa);
+    }
+  }
+  __syncthreads();  // every wgmma is complete and every copy has landed: the output tile reuses the stages
+  store_output_tile<L::out_pitch, L::out_pitch_f>(acc, stages, t, m0, n0, m, n, y, ldy, accumulate);
+}
+
 /// Repacks GPTQ codes (pack.hpp layout) into the mma layout, one thread per output word; columns of the
 /// repacked weight are the original columns in `order` (act-order: sorted by group), padded features zero.
 template <quantized_policy P>
@@ -421,10 +517,12 @@ __global__ void repack_codes_kernel(const std::uint32_t* __restrict__ qweight, c
   const std::int64_t tiles = k / mma_layout::kKTile;
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    // idx = code_word_index(nb, kt, tiles, lane, w)
     const int w             = static_cast<int>(idx % wpl);
     const int lane          = static_cast<int>((idx / wpl) % 32);
-    const std::int64_t kt   = (idx / wpl / 32) % tiles;
-    const std::int64_t nb   = idx / wpl / 32 / tiles;
+    const std::int64_t rest = idx / wpl / 32;
+    const std::int64_t kt   = (rest / mma_layout::kBlockBlocks) % tiles;
+    const std::int64_t nb   = rest / mma_layout::kBlockBlocks / tiles * mma_layout::kBlockBlocks + rest % mma_layout::kBlockBlocks;
     std::uint32_t word      = 0;
     for (int slot = 0; slot < per_word; ++slot) {
       std::int64_t row = 0, col = 0;
@@ -438,15 +536,16 @@ __global__ void repack_codes_kernel(const std::uint32_t* __restrict__ qweight, c
   }
 }
 
-/// scale_zero[(nb * groups + grp) * 8 + g] = {scale(16 nb + g) | scale(16 nb + g + 8) << 16, the same for
-/// the fp16 1024 + zero}; padded features get scale 0 and zero 0.
+/// scale_zero[scale_zero_index(nb, grp, groups, g)] = {scale(16 nb + g) | scale(16 nb + g + 8) << 16, the same
+/// for the fp16 1024 + zero}; padded features get scale 0 and zero 0.
 __global__ inline void repack_scale_zero_kernel(const half_t* __restrict__ scales, const std::uint8_t* __restrict__ zeros, std::int64_t n,
                                                 std::int64_t groups, uint2* __restrict__ out, std::int64_t total) {
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int g             = static_cast<int>(idx % 8);
-    const std::int64_t grp  = (idx / 8) % groups;
-    const std::int64_t nb   = idx / 8 / groups;
+    const std::int64_t rest = idx / 8;
+    const std::int64_t grp  = (rest / mma_layout::kBlockBlocks) % groups;
+    const std::int64_t nb   = rest / mma_layout::kBlockBlocks / groups * mma_layout::kBlockBlocks + rest % mma_layout::kBlockBlocks;
     std::uint32_t s[2] = {0, 0}, z[2] = {0x6400u, 0x6400u};
     for (int h = 0; h < 2; ++h) {
       const std::int64_t row = nb * mma_layout::kFeatureBlock + g + 8 * h;
@@ -532,6 +631,32 @@ template <quantized_policy P>
   }
 }
 
+namespace gemm_detail {
+/// The TMA descriptor of x (M rows of K fp16, rows `ldx` apart) in boxes of 128 rows x 64 k with the 128-byte
+/// swizzle the wgmma descriptors name; rows past M read as zeros. The driver's encoder is found through the
+/// runtime (cudaGetDriverEntryPointByVersion), so nothing links libcuda.
+[[nodiscard]] inline CUtensorMap x_tensor_map(const half_t* x, std::int64_t ldx, std::int64_t m, std::int64_t k) {
+  using encode_fn          = PFN_cuTensorMapEncodeTiled_v12000;
+  static const encode_fn encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    QPROB_CUDA_TRY(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    QPROB_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr, "int_gemm: the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<encode_fn>(fn);
+  }();
+  CUtensorMap map{};
+  const cuuint64_t dims[2]    = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ldx) * sizeof(half_t)};
+  const cuuint32_t box[2]     = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(kBM)};
+  const cuuint32_t step[2]    = {1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<half_t*>(x), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  QPROB_CHECK(r == CUDA_SUCCESS, "int_gemm: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for x of ", m, " x ", k,
+              " with row stride ", ldx);
+  return map;
+}
+}  // namespace gemm_detail
+
 /// Whether int_gemm runs on this device with x (aligned, contiguous rows): compute capability 9.0.
 [[nodiscard]] inline bool int_gemm_device_supported() noexcept {
   int device = 0, major = 0, minor = 0;
@@ -574,13 +699,14 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     xp       = gathered.data();
     ldx      = k;
   }
+  const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM), static_cast<unsigned>(mma_layout::padded_features(n) / gemm_detail::kBN));
   using L      = gemm_detail::gemm_smem<P, Stages>;
   auto* kernel = gemm_detail::int_gemm_kernel<P, Stages, OutT>;
   QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
-  const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM), static_cast<unsigned>(mma_layout::padded_features(n) / gemm_detail::kBN));
-  kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(xp, ldx, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n),
-                                                                  w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
-                                                                  static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
+  const CUtensorMap x_map = gemm_detail::x_tensor_map(xp, ldx, m, k);
+  kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(x_map, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n),
+                                                                    w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
+                                                                    static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
   QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
 
