@@ -278,7 +278,7 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words
   }
 }
 
-/// The epilogue: accumulator i of consumer thread t (warp w of its warpgroup, lane l) is feature 16w + l/4 +
+/// The epilogue: accumulator i of thread t (warp w of its warpgroup, lane l) is feature 16w + l/4 +
 /// 8((i>>1)&1) of the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] goes to shared
 /// memory (`smem`, free by now), then whole rows to y with 16-byte stores. fp16 output: one rounding of the
 /// float32 sum. float32 output: the sum, or the sum plus y's old value (accumulate: acc + y rounded once, as a
@@ -329,8 +329,9 @@ struct gemm_smem {
   static constexpr int x_tile     = kBM * kBK * 2;                           // 16 KB, written by TMA (swizzled)
   static constexpr int warp_codes = 32 * mma_layout::words_per_lane<P> * 4;  // one warp's codes of a k tile
   static constexpr int codes_off  = x_tile;
-  static constexpr int sz_off     = codes_off + 8 * warp_codes;              // the groups of the tile's two 32-k halves
-  static constexpr int stage      = sz_off + 2 * 512;
+  static constexpr int sz_group   = mma_layout::kBlockBlocks * 8 * static_cast<int>(sizeof(uint2));  // a group's entries
+  static constexpr int sz_off     = codes_off + mma_layout::kBlockBlocks * warp_codes;  // the groups of the tile's two 32-k halves
+  static constexpr int stage      = sz_off + 2 * sz_group;
   static_assert(stage % 1024 == 0, "stages keep the x tiles 1024-byte aligned");
   static constexpr int out_pitch   = kBN + 8;  // halves per row of the epilogue's transposed fp16 tile
   static constexpr int out_pitch_f = kBN + 4;  // floats per row of the float32 tile
@@ -338,7 +339,7 @@ struct gemm_smem {
   static constexpr int stages_off  = 1024;     // the mbarriers live below the stages
   static constexpr int bytes       = stages_off + (Stages * stage > out_bytes ? Stages * stage : out_bytes);
   static constexpr int launch_bytes = bytes + 1024;  // room to align the base
-  static constexpr std::uint32_t tile_tx = x_tile + 8 * warp_codes + 2 * 512;  // bytes that complete a stage
+  static constexpr std::uint32_t tile_tx = stage;  // bytes that complete a stage
 };
 
 QPROB_DEVICE QPROB_FORCEINLINE void mbar_init(std::uint32_t bar, int count) {
@@ -434,11 +435,12 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
     if (lane == 0) {
       mbar_arrive_expect_tx(full(s), L::tile_tx);
       tma_load_2d(st, &x_map, kt * kBK, m0, full(s));
-      bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), 8 * L::warp_codes, full(s));
+      bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), mma_layout::kBlockBlocks * L::warp_codes,
+                full(s));
       QPROB_UNROLL
       for (int h = 0; h < 2; ++h) {
         const int grp = (kt * kBK + 32 * h) / group_width;
-        bulk_copy(st + L::sz_off + 512 * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), 512, full(s));
+        bulk_copy(st + L::sz_off + L::sz_group * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), L::sz_group, full(s));
       }
     }
     __syncwarp();
@@ -452,7 +454,7 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
   // Two warpgroups of 64 features (16 per warp) x the block's 128 rows of x.
   const std::uint32_t stages_addr = smem_addr(stages);
   const std::uint32_t my_codes    = static_cast<std::uint32_t>(L::codes_off + warp * L::warp_codes + lane * wpl * 4);
-  const std::uint32_t my_sz       = static_cast<std::uint32_t>(L::sz_off + warp * 64 + (lane / 4) * 8);
+  const std::uint32_t my_sz       = static_cast<std::uint32_t>(L::sz_off + warp * L::sz_group / mma_layout::kBlockBlocks + (lane / 4) * 8);
   float acc[64];  // set by the first wgmma (accumulate = 0)
   // This thread's A fragments of tile kt, once the tile has landed.
   const auto fragments_of = [&](int kt, std::uint32_t (&frag)[4][4]) {
@@ -468,7 +470,7 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
       words[4 * i + 2] = v.z;
       words[4 * i + 3] = v.w;
     }
-    dequant_fragments<P>(words, ld_shared8(xa + my_sz), ld_shared8(xa + my_sz + 512), frag);
+    dequant_fragments<P>(words, ld_shared8(xa + my_sz), ld_shared8(xa + my_sz + L::sz_group), frag);
   };
   // The warpgroup's four wgmma of tile kt, committed as one group.
   const auto mma_tile = [&](int kt, std::uint32_t (&frag)[4][4]) {
