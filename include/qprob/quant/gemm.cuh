@@ -89,18 +89,28 @@ template <quantized_policy P>
   return padded_features(n) / kFeatureBlock * groups * 8;
 }
 
+/// Position of (16-feature block nb, j) among `count` values of j (k tiles, or groups) with the kernel block's
+/// eight feature blocks adjacent for each j: (nb / 8, j, nb % 8), row-major.
+[[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t block_major(std::int64_t nb, std::int64_t j, std::int64_t count) noexcept {
+  return (nb / kBlockBlocks * count + j) * kBlockBlocks + nb % kBlockBlocks;
+}
+/// The inverse of block_major: nb and j of position `pos`.
+QPROB_HOST_DEVICE constexpr void split_block_major(std::int64_t pos, std::int64_t count, std::int64_t& nb, std::int64_t& j) noexcept {
+  j  = (pos / kBlockBlocks) % count;
+  nb = pos / kBlockBlocks / count * kBlockBlocks + pos % kBlockBlocks;
+}
 /// Word index of word `w` of lane `lane` in (16-feature block nb, k tile kt): the codes of the kernel block's
 /// eight feature blocks for one k tile are contiguous (one bulk copy).
 template <quantized_policy P>
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t code_word_index(std::int64_t nb, std::int64_t kt, std::int64_t tiles, int lane,
                                                                       int w) noexcept {
-  return (((nb / kBlockBlocks * tiles + kt) * kBlockBlocks + nb % kBlockBlocks) * 32 + lane) * words_per_lane<P> + w;
+  return (block_major(nb, kt, tiles) * 32 + lane) * words_per_lane<P> + w;
 }
 /// Entry index of fragment row g of (16-feature block nb, group grp): a kernel block's entries of one group
 /// are contiguous (512 bytes).
 [[nodiscard]] QPROB_HOST_DEVICE constexpr std::int64_t scale_zero_index(std::int64_t nb, std::int64_t grp, std::int64_t groups,
                                                                        int g) noexcept {
-  return ((nb / kBlockBlocks * groups + grp) * kBlockBlocks + nb % kBlockBlocks) * 8 + g;
+  return block_major(nb, grp, groups) * 8 + g;
 }
 
 /// Where slot `slot` of word `w` of lane `lane` in (feature block nb, k tile kt) comes from: its row (output
@@ -522,9 +532,8 @@ __global__ void repack_codes_kernel(const std::uint32_t* __restrict__ qweight, c
     // idx = code_word_index(nb, kt, tiles, lane, w)
     const int w             = static_cast<int>(idx % wpl);
     const int lane          = static_cast<int>((idx / wpl) % 32);
-    const std::int64_t rest = idx / wpl / 32;
-    const std::int64_t kt   = (rest / mma_layout::kBlockBlocks) % tiles;
-    const std::int64_t nb   = rest / mma_layout::kBlockBlocks / tiles * mma_layout::kBlockBlocks + rest % mma_layout::kBlockBlocks;
+    std::int64_t nb = 0, kt = 0;
+    mma_layout::split_block_major(idx / wpl / 32, tiles, nb, kt);
     std::uint32_t word      = 0;
     for (int slot = 0; slot < per_word; ++slot) {
       std::int64_t row = 0, col = 0;
@@ -545,9 +554,8 @@ __global__ inline void repack_scale_zero_kernel(const half_t* __restrict__ scale
   for (std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int g             = static_cast<int>(idx % 8);
-    const std::int64_t rest = idx / 8;
-    const std::int64_t grp  = (rest / mma_layout::kBlockBlocks) % groups;
-    const std::int64_t nb   = rest / mma_layout::kBlockBlocks / groups * mma_layout::kBlockBlocks + rest % mma_layout::kBlockBlocks;
+    std::int64_t nb = 0, grp = 0;
+    mma_layout::split_block_major(idx / 8, groups, nb, grp);
     std::uint32_t s[2] = {0, 0}, z[2] = {0x6400u, 0x6400u};
     for (int h = 0; h < 2; ++h) {
       const std::int64_t row = nb * mma_layout::kFeatureBlock + g + 8 * h;
