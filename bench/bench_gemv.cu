@@ -231,10 +231,11 @@ void BM_int4_gemv_act_order(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(in.bytes(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// The fused prefill GEMM (int_gemm on the repacked weight, `Stages` shared-memory stages), checked before timing against cuBLAS on the
+/// The fused prefill GEMM (int_gemm on the repacked weight, `Stages` shared-memory stages, tiles of `Rows` rows of x
+/// or, for 0, the tiles int_gemm chooses for the shape), checked before timing against cuBLAS on the
 /// dequantized weights (the same fp16 operands; float32 accumulation in a different order, one fp16 rounding
 /// each: far inside 2e-3 relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed.
-template <class P, int Stages>
+template <class P, int Stages, int Rows>
 void BM_int_gemm(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   qprob::stream s;
@@ -251,7 +252,7 @@ void BM_int_gemm(benchmark::State& state) {
   qprob::cublas_handle blas(s.get());
   qprob::quant::dequantize<P>(qv, sv, zv, nullptr, w.view(n, k), s);
   cublas_product(blas, w.data(), in.x.data(), y_ref.data(), m, n, k);
-  const auto run = [&] { qprob::quant::int_gemm<P, Stages>(in.x.view(m, k), mw, y.view(m, n), s); };
+  const auto run = [&] { qprob::quant::int_gemm<P, Stages, qprob::half_t, Rows>(in.x.view(m, k), mw, y.view(m, n), s); };
   run();
   if (!agree(y, y_ref)) {
     state.SkipWithError("int_gemm disagrees with cuBLAS on the dequantized weight");
@@ -309,9 +310,11 @@ BENCHMARK_TEMPLATE(BM_int4_gemv_act_order, 1)->Args({1, 11008, 4096})->Args({16,
   B->Args({512, 11008, 4096})->Args({512, 4096, 11008})->Args({512, 4096, 4096})->Args({1024, 11008, 4096})       \
       ->Args({2048, 11008, 4096})->Args({2048, 4096, 11008})->Args({4096, 4096, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)
 QPROB_GEMM_SHAPES(BENCHMARK(BM_cublas_fp16_gemm));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 4));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 3));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int8_g128, 4));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 0));    // the tiles int_gemm chooses
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 128));  // each tile shape at every size
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 256));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 3, 256));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int8_g128, 5, 0));
 QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_dequant_cublas, p::int4_g128));
 
 BENCHMARK_MAIN();

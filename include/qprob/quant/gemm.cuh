@@ -15,23 +15,26 @@
 // step, g = lane / 4, q = lane % 4), placed so that the 0x6400 exponent trick turns them into the fragment's
 // fp16 pairs directly; the eight 16-feature blocks of one kernel block are adjacent per k tile (4 or 8 KB, one
 // copy), and the scales and zero points likewise per group (512 bytes; mma_weight::scale_zero). x^T is wgmma's
-// B operand: 128 rows x 64 k per tile with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
+// B operand: Rows rows x 64 k per tile with the 128-byte swizzle (16-byte chunk c of row r at r * 128 +
 // ((c ^ (r % 8)) * 16), 1024-aligned) that the descriptors name.
 //
-// Block: 256 threads = two warpgroups, 128 output features (64 per warpgroup, 16 per warp) x 128 rows of x, two
-// blocks per SM. A ring of Stages shared-memory stages, each filled by the Hopper copy engine: lane 0 of warp 0
-// issues one TMA load of the x tile (which also writes the swizzle and zero-fills rows past M) and three bulk
-// copies (the block's codes of the tile, the scale / zero entries of the groups of its two 32-k halves), all
-// counted on the stage's "full" mbarrier, Stages - 2 tiles ahead; it refills a stage only after every thread has
-// released it on its "empty" mbarrier (the tile two behind, which both warpgroups are past, so it practically
-// never waits). No block-wide barrier in the main loop, no copy addressing in the other warps. Each thread keeps
-// two sets of A fragments: it dequantizes tile kt + 1 into one while the warpgroup's four wgmma of tile kt read
-// the other, then waits for them (ptxas serializes wgmma whose A registers are written while one is in flight,
-// so the set being written is never the one in flight). The epilogue transposes the 128 x 128 fp32 tile through
-// shared memory and writes y rows (fp16, or float32 with an optional accumulation into y for residual streams)
-// with 16-byte stores.
-// (Tried: a dedicated producer warp, 288 threads, leaves 96 registers per thread at two blocks per SM: the wgmma
-// were serialized and spilled. docs/performance.md has the history.)
+// Block: three warpgroups, one block per SM, 128 output features x Rows (128 or 256) rows of x. setmaxnreg
+// gives the two consumer warpgroups 232 registers per thread (up to 128 fp32 accumulators of wgmma.m64n256 and
+// two sets of A fragments) and the producer warpgroup 40. One producer thread fills a ring of Stages
+// shared-memory stages with the Hopper copy engine: per 64-k tile one TMA load of the x tile (which also
+// writes the swizzle and zero-fills rows past M) and three bulk copies (the block's codes of the tile, the
+// scale / zero entries of the groups of its two 32-k halves), all counted on the stage's "full" mbarrier; it
+// refills a stage once every consumer warp has released it on its "empty" mbarrier, so it runs up to Stages
+// tiles ahead and never holds a consumer back. Each consumer warpgroup computes 64 features (16 per warp) x
+// Rows rows: each thread dequantizes tile kt + 1 into one set of A fragments while the warpgroup's four wgmma
+// of tile kt read the other, then waits for them (ptxas serializes wgmma whose A registers are written while
+// one is in flight, so the set being written is never the one in flight). 256-row tiles give each dequantized
+// fragment twice the tensor-core work; 128-row tiles fill the SMs when 256-row tiles are too few
+// (tile_rows_for). The epilogue transposes the fp32 tile through shared memory and writes y rows (fp16, or
+// float32 with an optional accumulation into y for residual streams) with 16-byte stores.
+// (Tried: the copies issued by a consumer warp, two blocks of 256 threads per SM: 0.49-0.77x cuBLAS against
+// 0.71-0.99x now; x tiles multicast to clusters of two blocks; a third fragment set. docs/performance.md has
+// the history.)
 //
 // Supported (mma_layout_supported, int_gemm_device_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
 // N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
@@ -140,10 +143,19 @@ QPROB_HOST_DEVICE constexpr void source_of(std::int64_t nb, std::int64_t kt, int
 
 namespace gemm_detail {
 
-inline constexpr int kBM      = 128;  // rows of x per block (the wgmma N dimension)
 inline constexpr int kBN      = 128;  // output features per block (two warpgroups of 64)
 inline constexpr int kBK      = mma_layout::kKTile;
-inline constexpr int kThreads = 256;
+inline constexpr int kThreads = 256;                // consumer threads: two warpgroups
+inline constexpr int kBlockThreads = kThreads + 128;  // and the producer warpgroup
+// Registers per thread after setmaxnreg: 2 x 128 x 232 + 128 x 40 <= 64K (one block per SM). The consumers
+// hold up to 128 accumulators and two sets of 16 A-fragment registers.
+inline constexpr int kConsumerRegisters = 232;
+inline constexpr int kProducerRegisters = 40;
+
+/// Rows of x per block (the wgmma N dimension): 128 (m64n128 per warpgroup) or 256 (m64n256: each dequantized
+/// fragment feeds twice the tensor-core work).
+template <int Rows>
+inline constexpr bool valid_tile_rows = Rows == 128 || Rows == 256;
 
 template <quantized_policy P>
 inline constexpr bool gemm_bits = (P::bits == 4 || P::bits == 8) && std::is_same_v<typename P::compute_type, half_t>;
@@ -196,9 +208,10 @@ QPROB_DEVICE QPROB_FORCEINLINE uint2 ld_shared8(std::uint32_t addr) {
 }
 
 /// Keeps the compiler from moving accesses of the accumulators across wgmma fences and waits.
-QPROB_DEVICE QPROB_FORCEINLINE void fence_accumulators(float (&d)[64]) {
+template <int Count>
+QPROB_DEVICE QPROB_FORCEINLINE void fence_accumulators(float (&d)[Count]) {
   QPROB_UNROLL
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < Count; ++i) {
     asm volatile("" : "+f"(d[i])::"memory");
   }
 }
@@ -250,6 +263,51 @@ QPROB_DEVICE QPROB_FORCEINLINE void wgmma_rs_m64n128k16(float (&d)[64], const st
 #endif
 }
 
+/// The same with 256 columns: d (64 x 256 fp32 fragment) = A (64 x 16, registers) * B (16 x 256, descriptor) +
+/// (accumulate ? d : 0).
+QPROB_DEVICE QPROB_FORCEINLINE void wgmma_rs_m64n256k16(float (&d)[128], const std::uint32_t (&a)[4], std::uint64_t b, int accumulate) {
+#if QPROB_HAS_WGMMA
+  asm volatile(
+      "{\n"
+      ".reg .pred acc_p;\n"
+      "setp.ne.b32 acc_p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
+      "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+      "%62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "
+      "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, "
+      "%102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, "
+      "%119, %120, %121, %122, %123, %124, %125, %126, %127 "
+      "}, {%128, %129, %130, %131}, %132, acc_p, 1, 1, 0;\n"
+      "}\n"
+      :
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
+        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
+        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
+        "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]),
+        "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),
+        "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]),
+        "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]),
+        "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]),
+        "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),
+        "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
+        "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate)
+      : "memory");
+#else
+  (void)d;
+  (void)a;
+  (void)b;
+  (void)accumulate;
+  __trap();
+#endif
+}
+
 /// A fragments of one k tile from this thread's repacked words: frag[step][reg] = scale * (code - zero) of
 /// the fragment's rows (scale_zero: x = scale(g) | scale(g + 8) << 16, y = the fp16 1024 + zero of both).
 template <quantized_policy P>
@@ -288,13 +346,30 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words
   }
 }
 
+/// Barrier 1 over the block's kThreads consumer threads (the producer warpgroup, where there is one, takes no
+/// part).
+QPROB_DEVICE QPROB_FORCEINLINE void consumer_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
+}
+/// Raises (or lowers) this warpgroup's register allocation to `Count` per thread.
+template <int Count>
+QPROB_DEVICE QPROB_FORCEINLINE void set_max_registers() {
+#if QPROB_HAS_WGMMA
+  if constexpr (Count > 128) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Count));
+  } else {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Count));
+  }
+#endif
+}
+
 /// The epilogue: accumulator i of thread t (warp w of its warpgroup, lane l) is feature 16w + l/4 +
 /// 8((i>>1)&1) of the warpgroup's 64 and row 8(i>>2) + 2(l%4) + (i&1) of x; out[row][feature] goes to shared
 /// memory (`smem`, free by now), then whole rows to y with 16-byte stores. fp16 output: one rounding of the
 /// float32 sum. float32 output: the sum, or the sum plus y's old value (accumulate: acc + y rounded once, as a
 /// GEMM with beta = 1 computes it).
-template <int Pitch, int PitchF, class OutT>
-QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[64], unsigned char* smem, int t, int m0, int n0, int m, int n,
+template <int Rows, int Pitch, int PitchF, class OutT>
+QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[Rows / 2], unsigned char* smem, int t, int m0, int n0, int m, int n,
                                                       OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
   const int lane = t % 32, warp = t / 32, wg = t / 128;
   const int feature = wg * 64 + (warp % 4) * 16 + lane / 4;
@@ -303,7 +378,7 @@ QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[64], un
   constexpr int per16    = 16 / static_cast<int>(sizeof(OutT));  // outputs per 16-byte store
   auto* out              = reinterpret_cast<OutT*>(smem);
   QPROB_UNROLL
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < Rows / 2; ++i) {
     const int r = 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
     const int f = feature + 8 * ((i >> 1) & 1);
     if constexpr (to_half) {
@@ -312,8 +387,8 @@ QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[64], un
       out[r * pitch + f] = acc[i];
     }
   }
-  __syncthreads();
-  for (int idx = t; idx < kBM * (kBN / per16); idx += kThreads) {
+  consumer_sync();
+  for (int idx = t; idx < Rows * (kBN / per16); idx += kThreads) {
     const int r = idx / (kBN / per16), c = idx % (kBN / per16);
     if (m0 + r < m && n0 + per16 * c < n) {
       auto* dst = reinterpret_cast<uint4*>(y + static_cast<std::int64_t>(m0 + r) * ldy + n0 + per16 * c);
@@ -334,9 +409,9 @@ QPROB_DEVICE QPROB_FORCEINLINE void store_output_tile(const float (&acc)[64], un
   }
 }
 
-template <quantized_policy P, int Stages>
+template <quantized_policy P, int Stages, int Rows>
 struct gemm_smem {
-  static constexpr int x_tile     = kBM * kBK * 2;                           // 16 KB, written by TMA (swizzled)
+  static constexpr int x_tile     = Rows * kBK * 2;                          // 16 or 32 KB, written by TMA (swizzled)
   static constexpr int warp_codes = 32 * mma_layout::words_per_lane<P> * 4;  // one warp's codes of a k tile
   static constexpr int codes_off  = x_tile;
   static constexpr int sz_group   = mma_layout::kBlockBlocks * 8 * static_cast<int>(sizeof(uint2));  // a group's entries
@@ -345,7 +420,7 @@ struct gemm_smem {
   static_assert(stage % 1024 == 0, "stages keep the x tiles 1024-byte aligned");
   static constexpr int out_pitch   = kBN + 8;  // halves per row of the epilogue's transposed fp16 tile
   static constexpr int out_pitch_f = kBN + 4;  // floats per row of the float32 tile
-  static constexpr int out_bytes   = kBM * out_pitch_f * 4;
+  static constexpr int out_bytes   = Rows * out_pitch_f * 4;
   static constexpr int stages_off  = 1024;     // the mbarriers live below the stages
   static constexpr int bytes       = stages_off + (Stages * stage > out_bytes ? Stages * stage : out_bytes);
   static constexpr int launch_bytes = bytes + 1024;  // room to align the base
@@ -402,15 +477,15 @@ QPROB_DEVICE QPROB_FORCEINLINE void tma_load_2d(std::uint32_t dst, const CUtenso
 #endif
 }
 
-template <quantized_policy P, int Stages, class OutT>
-__global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_constant__ CUtensorMap x_map, int m, int k, int n,
-                                                               const std::uint32_t* __restrict__ codes,
-                                                               const uint2* __restrict__ scale_zero, int groups, int group_width,
-                                                               OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
-  static_assert(Stages >= 3, "the refill runs Stages - 2 tiles ahead");
-  using L             = gemm_smem<P, Stages>;
-  constexpr int wpl   = mma_layout::words_per_lane<P>;
-  constexpr int ahead = Stages - 2;
+template <quantized_policy P, int Stages, class OutT, int Rows>
+__global__ void __launch_bounds__(kBlockThreads, 1) int_gemm_kernel(const __grid_constant__ CUtensorMap x_map, int m, int k, int n,
+                                                                    const std::uint32_t* __restrict__ codes,
+                                                                    const uint2* __restrict__ scale_zero, int groups, int group_width,
+                                                                    OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
+  static_assert(Stages >= 2, "the copy engine fills one stage while another is read");
+  static_assert(valid_tile_rows<Rows>);
+  using L           = gemm_smem<P, Stages, Rows>;
+  constexpr int wpl = mma_layout::words_per_lane<P>;
   extern __shared__ unsigned char gemm_raw[];
   unsigned char* base   = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(gemm_raw) + 1023) & ~std::uintptr_t{1023});
   unsigned char* stages = base + L::stages_off;
@@ -419,53 +494,53 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
   const auto empty         = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(Stages + s); };
   const int t              = static_cast<int>(threadIdx.x);
   const int lane = t % 32, warp = t / 32;
-  const int m0    = static_cast<int>(blockIdx.x) * kBM;
+  const int m0    = static_cast<int>(blockIdx.x) * Rows;
   const int n0    = static_cast<int>(blockIdx.y) * kBN;
   const int tiles = k / kBK;
   if (t == 0) {
     QPROB_UNROLL
     for (int s = 0; s < Stages; ++s) {
-      mbar_init(full(s), 1);           // warp 0's arrive with the byte count
-      mbar_init(empty(s), kThreads);   // every thread, once its warpgroup's wgmma have read the stage
+      mbar_init(full(s), 1);               // the producer's arrive with the byte count
+      mbar_init(empty(s), kThreads / 32);  // every consumer warp, once its wgmma have read the stage
     }
     mbar_init_fence();
   }
   __syncthreads();
 
-  // Warp 0: tile kt into stage kt % Stages, four copies by lane 0: the x tile, the block's codes of the tile
-  // (contiguous in the mma layout) and the scale / zero entries of the groups of the tile's first and second
-  // 32-column halves (the same group unless groups are 32 wide or straddle the tile).
-  const std::int64_t nb0 = n0 / mma_layout::kFeatureBlock;
-  const auto issue       = [&](int kt) {
-    const int s            = kt % Stages;
-    const std::uint32_t st = smem_addr(stages + s * L::stage);
-    if (kt >= Stages) {
-      mbar_wait(empty(s), static_cast<std::uint32_t>((kt / Stages + 1) & 1));  // tile kt - Stages is released
-    }
-    if (lane == 0) {
-      mbar_arrive_expect_tx(full(s), L::tile_tx);
-      tma_load_2d(st, &x_map, kt * kBK, m0, full(s));
-      bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), mma_layout::kBlockBlocks * L::warp_codes,
-                full(s));
-      QPROB_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const int grp = (kt * kBK + 32 * h) / group_width;
-        bulk_copy(st + L::sz_off + L::sz_group * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), L::sz_group, full(s));
+  // The producer warpgroup (40 registers; its first lane does the work): tile kt into stage kt % Stages once
+  // tile kt - Stages has been released, four copies: the x tile, the block's codes of the tile (contiguous in
+  // the mma layout) and the scale / zero entries of the groups of the tile's first and second 32-column halves
+  // (the same group unless groups are 32 wide or straddle the tile).
+  if (warp >= kThreads / 32) {
+    set_max_registers<kProducerRegisters>();
+    if (t == kThreads) {
+      const std::int64_t nb0 = n0 / mma_layout::kFeatureBlock;
+      for (int kt = 0; kt < tiles; ++kt) {
+        const int s            = kt % Stages;
+        const std::uint32_t st = smem_addr(stages + s * L::stage);
+        if (kt >= Stages) {
+          mbar_wait(empty(s), static_cast<std::uint32_t>((kt / Stages + 1) & 1));
+        }
+        mbar_arrive_expect_tx(full(s), L::tile_tx);
+        tma_load_2d(st, &x_map, kt * kBK, m0, full(s));
+        bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), mma_layout::kBlockBlocks * L::warp_codes,
+                  full(s));
+        QPROB_UNROLL
+        for (int h = 0; h < 2; ++h) {
+          const int grp = (kt * kBK + 32 * h) / group_width;
+          bulk_copy(st + L::sz_off + L::sz_group * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), L::sz_group, full(s));
+        }
       }
     }
-    __syncwarp();
-  };
-  if (warp == 0) {
-    for (int kt = 0; kt < ahead && kt < tiles; ++kt) {
-      issue(kt);
-    }
+    return;  // the consumers' waits on the full barriers cover every copy issued
   }
+  set_max_registers<kConsumerRegisters>();
 
-  // Two warpgroups of 64 features (16 per warp) x the block's 128 rows of x.
+  // Two consumer warpgroups of 64 features (16 per warp) x the block's Rows rows of x.
   const std::uint32_t stages_addr = smem_addr(stages);
   const std::uint32_t my_codes    = static_cast<std::uint32_t>(L::codes_off + warp * L::warp_codes + lane * wpl * 4);
   const std::uint32_t my_sz       = static_cast<std::uint32_t>(L::sz_off + warp * L::sz_group / mma_layout::kBlockBlocks + (lane / 4) * 8);
-  float acc[64];  // set by the first wgmma (accumulate = 0)
+  float acc[Rows / 2];  // set by the first wgmma (accumulate = 0)
   // This thread's A fragments of tile kt, once the tile has landed.
   const auto fragments_of = [&](int kt, std::uint32_t (&frag)[4][4]) {
     const int s = kt % Stages;
@@ -482,6 +557,12 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
     }
     dequant_fragments<P>(words, ld_shared8(xa + my_sz), ld_shared8(xa + my_sz + L::sz_group), frag);
   };
+  // Once the warp's wgmma of tile kt are complete: lane 0 releases its stage.
+  const auto release = [&](int kt) {
+    if (lane == 0) {
+      mbar_arrive(empty(kt % Stages));
+    }
+  };
   // The warpgroup's four wgmma of tile kt, committed as one group.
   const auto mma_tile = [&](int kt, std::uint32_t (&frag)[4][4]) {
     const std::uint32_t xa = stages_addr + static_cast<std::uint32_t>((kt % Stages) * L::stage);
@@ -490,7 +571,11 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
     wgmma_fence();
     QPROB_UNROLL
     for (int kk = 0; kk < kBK / 16; ++kk) {
-      wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+      if constexpr (Rows == 128) {
+        wgmma_rs_m64n128k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+      } else {
+        wgmma_rs_m64n256k16(acc, frag[kk], smem_desc(xa + 32 * kk), kt > 0 || kk > 0 ? 1 : 0);
+      }
     }
     wgmma_commit();
     fence_accumulators(acc);
@@ -498,15 +583,12 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
   // Two fragment sets: tile kt + 1 is dequantized while tile kt's wgmma run (they read the other set).
   std::uint32_t fa[4][4], fb[4][4];
   const auto step = [&](int kt, std::uint32_t (&cur)[4][4], std::uint32_t (&next)[4][4]) {
-    if (warp == 0 && kt + ahead < tiles) {
-      issue(kt + ahead);  // its stage held tile kt - 2, which both warpgroups are past
-    }
     mma_tile(kt, cur);
     if (kt + 1 < tiles) {
       fragments_of(kt + 1, next);
     }
     wgmma_wait<0>();
-    mbar_arrive(empty(kt % Stages));
+    release(kt);
   };
   fragments_of(0, fa);
   for (int kt = 0; kt < tiles; kt += 2) {
@@ -515,8 +597,8 @@ __global__ void __launch_bounds__(kThreads, 2) int_gemm_kernel(const __grid_cons
       step(kt + 1, fb, fa);
     }
   }
-  __syncthreads();  // every wgmma is complete and every copy has landed: the output tile reuses the stages
-  store_output_tile<L::out_pitch, L::out_pitch_f>(acc, stages, t, m0, n0, m, n, y, ldy, accumulate);
+  consumer_sync();  // every wgmma is complete and every copy has landed: the output tile reuses the stages
+  store_output_tile<Rows, L::out_pitch, L::out_pitch_f>(acc, stages, t, m0, n0, m, n, y, ldy, accumulate);
 }
 
 /// Repacks GPTQ codes (pack.hpp layout) into the mma layout, one thread per output word; columns of the
@@ -642,10 +724,10 @@ template <quantized_policy P>
 }
 
 namespace gemm_detail {
-/// The TMA descriptor of x (M rows of K fp16, rows `ldx` apart) in boxes of 128 rows x 64 k with the 128-byte
+/// The TMA descriptor of x (M rows of K fp16, rows `ldx` apart) in boxes of `rows` rows x 64 k with the 128-byte
 /// swizzle the wgmma descriptors name; rows past M read as zeros. The driver's encoder is found through the
 /// runtime (cudaGetDriverEntryPointByVersion), so nothing links libcuda.
-[[nodiscard]] inline CUtensorMap x_tensor_map(const half_t* x, std::int64_t ldx, std::int64_t m, std::int64_t k) {
+[[nodiscard]] inline CUtensorMap x_tensor_map(const half_t* x, std::int64_t ldx, std::int64_t m, std::int64_t k, int rows) {
   using encode_fn          = PFN_cuTensorMapEncodeTiled_v12000;
   static const encode_fn encode = [] {
     void* fn = nullptr;
@@ -657,13 +739,39 @@ namespace gemm_detail {
   CUtensorMap map{};
   const cuuint64_t dims[2]    = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ldx) * sizeof(half_t)};
-  const cuuint32_t box[2]     = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(kBM)};
+  const cuuint32_t box[2]     = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(rows)};
   const cuuint32_t step[2]    = {1, 1};
   const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<half_t*>(x), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   QPROB_CHECK(r == CUDA_SUCCESS, "int_gemm: cuTensorMapEncodeTiled failed (error ", static_cast<int>(r), ") for x of ", m, " x ", k,
               " with row stride ", ldx);
   return map;
+}
+
+/// Rows of x per tile for an M x N product on `sms` multiprocessors (one block each): 128 when 128-row tiles
+/// finish in less time than 256-row tiles, counting whole waves and a 128-row tile as 0.7 of a 256-row tile's
+/// time (its wgmma are half as long for the same dequantization; H100: docs/performance.md, "Fused int GEMM
+/// for prefill"), else 256. E.g. 512 x 4096: 128 tiles of 128 rows are one wave on 132 SMs, 64 of 256 rows
+/// leave half the SMs idle.
+[[nodiscard]] constexpr int tile_rows_for(std::int64_t m, std::int64_t n, int sms) noexcept {
+  const std::int64_t feature_tiles = mma_layout::padded_features(n) / kBN;
+  const auto waves = [&](std::int64_t rows) { return ((m + rows - 1) / rows * feature_tiles + sms - 1) / sms; };
+  return 7 * waves(128) < 10 * waves(256) ? 128 : 256;
+}
+
+/// One int_gemm launch with `Rows`-row tiles on x (rows `ldx` apart, already gathered for act-order).
+template <quantized_policy P, int Stages, class OutT, int Rows>
+void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int64_t k, std::int64_t n, const mma_weight<P>& w,
+                     device_view<OutT, 2> y, cudaStream_t stream, bool accumulate) {
+  const dim3 grid(static_cast<unsigned>((m + Rows - 1) / Rows), static_cast<unsigned>(mma_layout::padded_features(n) / kBN));
+  using L      = gemm_smem<P, Stages, Rows>;
+  auto* kernel = int_gemm_kernel<P, Stages, OutT, Rows>;
+  QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
+  const CUtensorMap x_map = x_tensor_map(x, ldx, m, k, Rows);
+  kernel<<<grid, kBlockThreads, L::launch_bytes, stream>>>(
+      x_map, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n), w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
+      static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
+  QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
 }  // namespace gemm_detail
 
@@ -684,10 +792,11 @@ namespace gemm_detail {
 /// Act-order weights gather x's columns first (into a stream-ordered scratch buffer). Queued on `stream`.
 /// @throws invalid_argument for shapes that do not match, misaligned operands, accumulate into fp16 or a device
 ///         other than sm_90.
-template <quantized_policy P, int Stages = 4, class OutT = half_t>
+template <quantized_policy P, int Stages = 5, class OutT = half_t, int Rows = 0>
 void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<OutT, 2> y, cudaStream_t stream,
               bool accumulate = false) {
-  static_assert(Stages >= 3, "int_gemm: the pipeline needs at least three stages");
+  static_assert(Stages >= 2, "int_gemm: the pipeline needs at least two stages");
+  static_assert(Rows == 0 || gemm_detail::valid_tile_rows<Rows>, "int_gemm: tiles of 128 or 256 rows (0: chosen by the shape)");
   static_assert(gemm_detail::gemm_bits<P>, "int_gemm: 4 or 8 bits, fp16");
   static_assert(std::is_same_v<OutT, half_t> || std::is_same_v<OutT, float>, "int_gemm: y is fp16 or float32");
   constexpr std::int64_t per16 = 16 / static_cast<std::int64_t>(sizeof(OutT));
@@ -709,15 +818,18 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     xp       = gathered.data();
     ldx      = k;
   }
-  const dim3 grid(static_cast<unsigned>((m + gemm_detail::kBM - 1) / gemm_detail::kBM), static_cast<unsigned>(mma_layout::padded_features(n) / gemm_detail::kBN));
-  using L      = gemm_detail::gemm_smem<P, Stages>;
-  auto* kernel = gemm_detail::int_gemm_kernel<P, Stages, OutT>;
-  QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
-  const CUtensorMap x_map = gemm_detail::x_tensor_map(xp, ldx, m, k);
-  kernel<<<grid, gemm_detail::kThreads, L::launch_bytes, stream>>>(x_map, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n),
-                                                                    w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
-                                                                    static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
-  QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
+  if constexpr (Rows != 0) {
+    gemm_detail::launch_int_gemm<P, Stages, OutT, Rows>(xp, ldx, m, k, n, w, y, stream, accumulate);
+  } else {
+    int device = 0, sms = 0;
+    QPROB_CUDA_TRY(cudaGetDevice(&device));
+    QPROB_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (gemm_detail::tile_rows_for(m, n, sms) == 128) {
+      gemm_detail::launch_int_gemm<P, Stages, OutT, 128>(xp, ldx, m, k, n, w, y, stream, accumulate);
+    } else {
+      gemm_detail::launch_int_gemm<P, Stages, OutT, 256>(xp, ldx, m, k, n, w, y, stream, accumulate);
+    }
+  }
 }
 
 }  // namespace qprob::quant

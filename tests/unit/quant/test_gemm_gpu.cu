@@ -6,7 +6,8 @@
 // random order, as GPTQ writes them), M and N with partial 128-tiles (M = 1, 77, 300; N = 136, 1000), K of one
 // to many 64-wide k tiles (the pipeline's prologue, steady state and drain, both register sets), a row stride
 // larger than K; fp16 and float32 outputs, the latter also accumulated onto existing values (the engine's residual
-// stream). Outputs are poisoned first.
+// stream); both tile shapes (128 rows of x per block on m64n128, 256 on m64n256: partial row tiles of 1, 44 and
+// 125 rows). Outputs are poisoned first.
 //
 // Tolerance (tests/unit/quant/product_check.hpp): float32 accumulation and one fp16 rounding, |y - y_ref| <=
 // 2^-10 |y_ref| + 1e-4 rms(y_ref); a wrong swizzle, descriptor, k step, code, scale, zero, group or fragment
@@ -35,7 +36,7 @@ namespace p = qprob::policies;
 
 namespace {
 
-template <class P, int Stages = 4>
+template <class P, int Stages = 4, int Rows = 128>
 void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx, bool act_order = false) {
   std::normal_distribution<double> nd(0.0, 1.0);
   std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
@@ -72,6 +73,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   const auto ref = qprob::test::reference_product(x, ldx, deq, m, n, k);
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(Stages);
+  CAPTURE(Rows);
   CAPTURE(act_order);
   CAPTURE(m);
   CAPTURE(n);
@@ -80,7 +82,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   {  // fp16 y
     qprob::device_buffer<qprob::half_t> d_y(m * n, s);
     d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
-    qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s);
+    qprob::quant::int_gemm<P, Stages, qprob::half_t, Rows>(xv, mw, d_y.view(m, n), s);
     const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst);
     CAPTURE(worst);
     CHECK(bad == 0);
@@ -97,7 +99,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
     } else {
       d_y.fill_bytes(0xff);
     }
-    qprob::quant::int_gemm<P, Stages>(xv, mw, d_y.view(m, n), s, accumulate);
+    qprob::quant::int_gemm<P, Stages, float, Rows>(xv, mw, d_y.view(m, n), s, accumulate);
     const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst, accumulate ? base : std::vector<float>{});
     CAPTURE(accumulate);
     CAPTURE(worst);
@@ -122,6 +124,36 @@ TEST_CASE("int_gemm equals the dequantized product: 4 and 8 bits, sym/asym, grou
   check_gemm<p::int8_pc>(rng, 40, 136, 192, 192);
   check_gemm<p::int4_g128_act>(rng, 140, 264, 1024, 1024, true);  // act-order: K permuted at repack, x gathered
   check_gemm<p::int4_g32>(rng, 16, 128, 640, 640, true);
+}
+
+TEST_CASE("int_gemm with 256-row tiles (m64n256, one block per SM) equals the dequantized product") {
+  auto rng = qprob::test::make_rng(0x6e41);
+  INFO("seed ", qprob::test::run_seed());
+  check_gemm<p::int4_g128, 4, 256>(rng, 300, 1000, 1024, 1024);   // 2 row tiles (the second 44 rows), 8 column tiles, 16 k tiles
+  check_gemm<p::int4_g128, 4, 256>(rng, 1, 136, 64, 72);          // one k tile, one row, stride > K
+  check_gemm<p::int4_g128, 3, 256>(rng, 257, 264, 704, 704);      // three stages, one row in the second tile
+  check_gemm<p::int4_g128, 5, 256>(rng, 512, 128, 768, 768);      // five stages, two full row tiles
+  check_gemm<p::int4_g64_asym>(rng, 129, 128, 256, 256);          // (128-row tiles: the shape below in both)
+  check_gemm<p::int4_g64_asym, 4, 256>(rng, 129, 128, 256, 256);
+  check_gemm<p::int4_g32, 4, 256>(rng, 200, 200, 320, 320);       // two groups per k tile
+  check_gemm<p::int8_g128, 4, 256>(rng, 380, 264, 640, 640);
+  check_gemm<p::int8_pc, 4, 256>(rng, 40, 136, 192, 192);
+  check_gemm<p::int4_g128_act, 4, 256>(rng, 270, 264, 1024, 1024, true);
+  check_gemm<p::int4_g128, 2, 256>(rng, 300, 264, 512, 512);      // two stages: every refill waits for the stage just read
+  check_gemm<p::int4_g128, 2, 128>(rng, 77, 136, 320, 320);
+  check_gemm<p::int4_g128, 5, 0>(rng, 2100, 2048, 128, 128);      // the shape's choice: 256 rows (144 tiles, 2 waves on 132 SMs)
+  check_gemm<p::int4_g128, 5, 0>(rng, 520, 1000, 192, 192);       // 128 rows (40 tiles)
+}
+
+TEST_CASE("int_gemm's tile rows: whole waves, a 128-row tile counted as 0.7 of a 256-row tile") {
+  using qprob::quant::gemm_detail::tile_rows_for;
+  CHECK(tile_rows_for(512, 4096, 132) == 128);    // 128 tiles: one wave; 256 rows: 64 tiles, also one wave
+  CHECK(tile_rows_for(512, 11008, 132) == 256);   // 344 tiles: 3 waves (2.1) against 172: 2 waves
+  CHECK(tile_rows_for(1024, 11008, 132) == 256);  // 6 waves (4.2) against 3
+  CHECK(tile_rows_for(4096, 4096, 132) == 256);   // 8 (5.6) against 4
+  CHECK(tile_rows_for(100, 11008, 132) == 128);   // one row tile either way
+  CHECK(tile_rows_for(2100, 2048, 132) == 256);   // 272 tiles: 3 waves (2.1) against 144: 2 waves
+  CHECK(tile_rows_for(512, 4096, 64) == 256);     // on 64 SMs: 2 waves (1.4) against 1
 }
 
 TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the reason") {
