@@ -147,10 +147,14 @@ inline constexpr int kBN      = 128;  // output features per block (two warpgrou
 inline constexpr int kBK      = mma_layout::kKTile;
 inline constexpr int kThreads = 256;                // consumer threads: two warpgroups
 inline constexpr int kBlockThreads = kThreads + 128;  // and the producer warpgroup
-// Registers per thread after setmaxnreg: 2 x 128 x 232 + 128 x 40 <= 64K (one block per SM). The consumers
-// hold up to 128 accumulators and two sets of 16 A-fragment registers.
+// Registers per thread: at launch, the 64K register file split evenly over the block's threads (rounded down to
+// a multiple of 8: 168); then setmaxnreg moves them from the producer to the consumers, which hold up to 128
+// accumulators and two sets of 16 A-fragment registers.
+inline constexpr int kLaunchRegisters   = 65536 / kBlockThreads / 8 * 8;
 inline constexpr int kConsumerRegisters = 232;
 inline constexpr int kProducerRegisters = 40;
+static_assert(kThreads * kConsumerRegisters + (kBlockThreads - kThreads) * kProducerRegisters <= 65536,
+              "one block per SM must fit the register file after setmaxnreg");
 
 /// Rows of x per block (the wgmma N dimension): 128 (m64n128 per warpgroup) or 256 (m64n256: each dequantized
 /// fragment feeds twice the tensor-core work).
@@ -338,16 +342,17 @@ QPROB_DEVICE QPROB_FORCEINLINE void dequant_fragments(const std::uint32_t* words
   }
 }
 
-/// Barrier 1 over the block's kThreads consumer threads (the producer warpgroup, where there is one, takes no
-/// part).
+/// Barrier 1 over the block's kThreads consumer threads (the producer warpgroup takes no part).
 QPROB_DEVICE QPROB_FORCEINLINE void consumer_sync() {
   asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory");
 }
-/// Raises (or lowers) this warpgroup's register allocation to `Count` per thread.
+/// Raises (or lowers) this warpgroup's register allocation from the launch's kLaunchRegisters to `Count` per
+/// thread.
 template <int Count>
 QPROB_DEVICE QPROB_FORCEINLINE void set_max_registers() {
+  static_assert(Count % 8 == 0 && Count >= 24 && Count <= 256 && Count != kLaunchRegisters, "setmaxnreg: 24..256, a multiple of 8");
 #if QPROB_HAS_WGMMA
-  if constexpr (Count > 128) {
+  if constexpr (Count > kLaunchRegisters) {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Count));
   } else {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Count));

@@ -126,7 +126,7 @@ TEST_CASE("int_gemm equals the dequantized product: 4 and 8 bits, sym/asym, grou
   check_gemm<p::int4_g32>(rng, 16, 128, 640, 640, true);
 }
 
-TEST_CASE("int_gemm with 256-row tiles (m64n256, one block per SM) equals the dequantized product") {
+TEST_CASE("int_gemm with 256-row tiles (m64n256), two stages and the tile rows it chooses equals the dequantized product") {
   auto rng = qprob::test::make_rng(0x6e41);
   INFO("seed ", qprob::test::run_seed());
   check_gemm<p::int4_g128, 4, 256>(rng, 300, 1000, 1024, 1024);   // 2 row tiles (the second 44 rows), 8 column tiles, 16 k tiles
