@@ -232,10 +232,12 @@ void BM_int4_gemv_act_order(benchmark::State& state) {
 }
 
 /// The fused prefill GEMM (int_gemm on the repacked weight, `Stages` shared-memory stages, tiles of `Rows` rows of x
-/// or, for 0, the tiles int_gemm chooses for the shape), checked before timing against cuBLAS on the
-/// dequantized weights (the same fp16 operands; float32 accumulation in a different order, one fp16 rounding
-/// each: far inside 2e-3 relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed.
-template <class P, int Stages, int Rows>
+/// or, for 0, the tiles int_gemm chooses for the shape; `Split`: with a gemm_workspace, so that the tiles past the
+/// last whole wave may be split over K), checked before timing against cuBLAS on the dequantized weights (the
+/// same fp16 operands; float32 accumulation in a different order, one fp16 rounding each: far inside 2e-3
+/// relative to max(1, |y|) at these magnitudes); a disagreeing kernel is reported, not timed. The counters give
+/// the plan (tile rows, tiles computed whole, parts per split tile).
+template <class P, int Stages, int Rows, bool Split>
 void BM_int_gemm(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   qprob::stream s;
@@ -252,7 +254,13 @@ void BM_int_gemm(benchmark::State& state) {
   qprob::cublas_handle blas(s.get());
   qprob::quant::dequantize<P>(qv, sv, zv, nullptr, w.view(n, k), s);
   cublas_product(blas, w.data(), in.x.data(), y_ref.data(), m, n, k);
-  const auto run = [&] { qprob::quant::int_gemm<P, Stages, qprob::half_t, Rows>(in.x.view(m, k), mw, y.view(m, n), s); };
+  qprob::quant::gemm_workspace workspace;
+  if (Split) {
+    workspace = qprob::quant::gemm_workspace(s.get());
+  }
+  const auto run = [&] {
+    qprob::quant::int_gemm<P, Stages, qprob::half_t, Rows>(in.x.view(m, k), mw, y.view(m, n), s, false, Split ? &workspace : nullptr);
+  };
   run();
   if (!agree(y, y_ref)) {
     state.SkipWithError("int_gemm disagrees with cuBLAS on the dequantized weight");
@@ -260,6 +268,10 @@ void BM_int_gemm(benchmark::State& state) {
   }
   qprob::bench::time_iterations(state, s, run);
   state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
+  const auto plan = qprob::quant::gemm_detail::plan_gemm(m, n, k, qprob::quant::gemm_detail::device_sms(), Split, Rows);
+  state.counters["rows"]  = plan.rows;
+  state.counters["whole"] = plan.grid.whole;
+  state.counters["parts"] = plan.grid.parts;
 }
 
 /// The fallback the engine uses without int_gemm: dequantize to fp16, then cuBLAS.
@@ -310,11 +322,13 @@ BENCHMARK_TEMPLATE(BM_int4_gemv_act_order, 1)->Args({1, 11008, 4096})->Args({16,
   B->Args({512, 11008, 4096})->Args({512, 4096, 11008})->Args({512, 4096, 4096})->Args({1024, 11008, 4096})       \
       ->Args({2048, 11008, 4096})->Args({2048, 4096, 11008})->Args({4096, 4096, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)
 QPROB_GEMM_SHAPES(BENCHMARK(BM_cublas_fp16_gemm));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 0));    // the tiles int_gemm chooses
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 128));  // each tile shape at every size
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 256));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 3, 256));
-QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int8_g128, 5, 0));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 0, true));    // the plan int_gemm chooses, with a workspace
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 0, false));   // and without (as the engine calls it)
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 128, true));  // each tile shape at every size
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 256, true));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 128, false));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int4_g128, 5, 256, false));
+QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_int_gemm, p::int8_g128, 5, 0, true));
 QPROB_GEMM_SHAPES(BENCHMARK_TEMPLATE(BM_dequant_cublas, p::int4_g128));
 
 BENCHMARK_MAIN();

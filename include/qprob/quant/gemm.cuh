@@ -30,11 +30,13 @@
 // of tile kt read the other, then waits for them (ptxas serializes wgmma whose A registers are written while
 // one is in flight, so the set being written is never the one in flight). 256-row tiles give each dequantized
 // fragment twice the tensor-core work; 128-row tiles fill the SMs when 256-row tiles are too few
-// (tile_rows_for). The epilogue transposes the fp32 tile through shared memory and writes y rows (fp16, or
-// float32 with an optional accumulation into y for residual streams) with 16-byte stores.
+// (gemm_plan). The epilogue transposes the fp32 tile through shared memory and writes y rows (fp16, or
+// float32 with an optional accumulation into y for residual streams) with 16-byte stores. Given a workspace,
+// the tiles past the last whole wave (e.g. 40 of 172 tiles on 132 SMs) are each split over K across up to four
+// blocks, which write float32 partial sums; the last to arrive adds them in part order and writes the tile.
 // (Tried: the copies issued by a consumer warp, two blocks of 256 threads per SM: 0.49-0.77x cuBLAS against
-// 0.71-0.99x now; x tiles multicast to clusters of two blocks; a third fragment set. docs/performance.md has
-// the history.)
+// 0.71-0.99x without and 0.76-1.04x with split tails; x tiles multicast to clusters of two blocks; a third
+// fragment set. docs/performance.md has the history.)
 //
 // Supported (mma_layout_supported, int_gemm_device_supported): 4 and 8 bits, fp16, groups of a multiple of 32 or per channel, K % 64 == 0,
 // N % 8 == 0, 16-byte aligned rows of x and y, compute capability 9.0. Act-order checkpoints: repack_for_mma
@@ -474,11 +476,92 @@ QPROB_DEVICE QPROB_FORCEINLINE void tma_load_2d(std::uint32_t dst, const CUtenso
 #endif
 }
 
+/// What one block computes: tile `tile` (row tile tile % row_tiles, feature tile tile / row_tiles) over k tiles
+/// [k_begin, k_end), part `part` of `parts` (parts > 1: the tile's K is split, and `tail` is the tile's index
+/// among the split tiles: its counter and its first scratch slot, tail x parts).
+struct block_work {
+  int tile, k_begin, k_end, part, parts, tail;
+};
+
+/// The grid of a launch: `whole` tiles are computed whole by blocks 0 .. whole - 1 (whole waves), and each of the
+/// remaining tiles (the tail, when it would leave most SMs idle) by `parts` blocks, each over an equal share of K
+/// (split_k_range), whose partial sums one of them adds up in a fixed order (reduce_parts).
+struct split_grid {
+  int row_tiles = 1;  ///< row tiles of x (ceil(M / Rows))
+  int whole     = 0;  ///< tiles computed whole (the first ones)
+  int parts     = 1;  ///< blocks per tail tile (1: no tail)
+  [[nodiscard]] QPROB_HOST_DEVICE block_work work_of(int block, int k_tiles) const {
+    if (block < whole) {
+      return {block, 0, k_tiles, 0, 1, 0};
+    }
+    const int tail = (block - whole) / parts, part = (block - whole) % parts;
+    return {whole + tail, part * k_tiles / parts, (part + 1) * k_tiles / parts, part, parts, tail};
+  }
+};
+
+/// Caller-owned scratch of split tiles (gemm_workspace): per tail tile `parts` float32 slots of Rows x 128
+/// partial sums and one arrival counter, zero between launches (the last arrival resets it).
+struct split_scratch {
+  float* partials         = nullptr;
+  unsigned int* counters  = nullptr;
+};
+
+/// blockIdx.x, read from its special register at each call (volatile: the compiler neither keeps it nor what is
+/// derived from it live across the main loop, where the registers hold accumulators).
+QPROB_DEVICE QPROB_FORCEINLINE int block_index() {
+  unsigned int r = 0;
+#if defined(__CUDA_ARCH__)
+  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(r));
+#endif
+  return static_cast<int>(r);
+}
+
+/// The end of a split tile's part: writes this block's partial sums to its slot, counts its arrival, and returns
+/// false, except in the block that arrives last, which sets acc to the sum of every part's slot in part order
+/// (its own included: the same additions whichever block arrives last, so the result does not depend on
+/// timing), resets the counter and returns true. Consumer threads only (barrier 1).
+template <int Rows>
+QPROB_DEVICE bool reduce_parts(float (&acc)[Rows / 2], const block_work& work, const split_scratch& scratch, int t) {
+  __shared__ int last;
+  constexpr int per_slot = Rows / 2 * kThreads;
+  const float* const first = scratch.partials + static_cast<std::int64_t>(work.tail) * work.parts * per_slot + t;
+  float* const mine        = scratch.partials + (static_cast<std::int64_t>(work.tail) * work.parts + work.part) * per_slot + t;
+  QPROB_UNROLL
+  for (int i = 0; i < Rows / 2; ++i) {
+    __stcg(mine + i * kThreads, acc[i]);  // accumulator i of every thread is contiguous: coalesced
+  }
+  __threadfence();  // the sums are visible device-wide before the arrival is counted
+  consumer_sync();
+  if (t == 0) {
+    last = atomicAdd(scratch.counters + work.tail, 1u) == static_cast<unsigned int>(work.parts - 1) ? 1 : 0;
+    if (last != 0) {
+      scratch.counters[work.tail] = 0;  // every part has arrived: ready for the next launch
+    }
+  }
+  consumer_sync();
+  if (last == 0) {
+    return false;
+  }
+  __threadfence();  // the other parts' sums, written before their arrivals, are read after ours was counted
+  QPROB_UNROLL
+  for (int i = 0; i < Rows / 2; ++i) {
+    acc[i] = __ldcg(first + i * kThreads);
+  }
+  for (int q = 1; q < work.parts; ++q) {
+    QPROB_UNROLL
+    for (int i = 0; i < Rows / 2; ++i) {
+      acc[i] += __ldcg(first + static_cast<std::int64_t>(q) * per_slot + i * kThreads);
+    }
+  }
+  return true;
+}
+
 template <quantized_policy P, int Stages, class OutT, int Rows>
 __global__ void __launch_bounds__(kBlockThreads, 1) int_gemm_kernel(const __grid_constant__ CUtensorMap x_map, int m, int k, int n,
                                                                     const std::uint32_t* __restrict__ codes,
                                                                     const uint2* __restrict__ scale_zero, int groups, int group_width,
-                                                                    OutT* __restrict__ y, std::int64_t ldy, bool accumulate) {
+                                                                    OutT* __restrict__ y, std::int64_t ldy, bool accumulate,
+                                                                    split_grid grid, split_scratch scratch) {
   static_assert(Stages >= 2, "the copy engine fills one stage while another is read");
   static_assert(valid_tile_rows<Rows>);
   using L           = gemm_smem<P, Stages, Rows>;
@@ -491,9 +574,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1) int_gemm_kernel(const __grid
   const auto empty         = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(Stages + s); };
   const int t              = static_cast<int>(threadIdx.x);
   const int lane = t % 32, warp = t / 32;
-  const int m0    = static_cast<int>(blockIdx.x) * Rows;
-  const int n0    = static_cast<int>(blockIdx.y) * kBN;
-  const int tiles = k / kBK;
+  const block_work work = grid.work_of(block_index(), k / kBK);
+  const int m0    = work.tile % grid.row_tiles * Rows;
+  const int n0    = work.tile / grid.row_tiles * kBN;
+  const int tiles = work.k_end - work.k_begin;  // this block's k tiles; kt below counts from work.k_begin
   if (t == 0) {
     QPROB_UNROLL
     for (int s = 0; s < Stages; ++s) {
@@ -518,13 +602,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1) int_gemm_kernel(const __grid
         if (kt >= Stages) {
           mbar_wait(empty(s), static_cast<std::uint32_t>((kt / Stages + 1) & 1));
         }
+        const int kg = work.k_begin + kt;  // the tile's place in K
         mbar_arrive_expect_tx(full(s), L::tile_tx);
-        tma_load_2d(st, &x_map, kt * kBK, m0, full(s));
-        bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kt, tiles, 0, 0), mma_layout::kBlockBlocks * L::warp_codes,
+        tma_load_2d(st, &x_map, kg * kBK, m0, full(s));
+        bulk_copy(st + L::codes_off, codes + mma_layout::code_word_index<P>(nb0, kg, k / kBK, 0, 0), mma_layout::kBlockBlocks * L::warp_codes,
                   full(s));
         QPROB_UNROLL
         for (int h = 0; h < 2; ++h) {
-          const int grp = (kt * kBK + 32 * h) / group_width;
+          const int grp = (kg * kBK + 32 * h) / group_width;
           bulk_copy(st + L::sz_off + L::sz_group * h, scale_zero + mma_layout::scale_zero_index(nb0, grp, groups, 0), L::sz_group, full(s));
         }
       }
@@ -588,6 +673,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1) int_gemm_kernel(const __grid
     step(kt, fa, fb);
     if (kt + 1 < tiles) {
       step(kt + 1, fb, fa);
+    }
+  }
+  if (grid.parts > 1) {
+    // the work again from the block index (read anew, so that none of it stays in a register through the loop)
+    const block_work split = grid.work_of(block_index(), k / kBK);
+    if (split.parts > 1 && !reduce_parts<Rows>(acc, split, scratch, t)) {
+      return;  // another part of this tile adds up the parts and writes it
     }
   }
   consumer_sync();  // every wgmma is complete and every copy has landed: the output tile reuses the stages
@@ -741,32 +833,112 @@ namespace gemm_detail {
   return map;
 }
 
-/// Rows of x per tile for an M x N product on `sms` multiprocessors (one block each): 128 when 128-row tiles
-/// finish in less time than 256-row tiles, counting whole waves and a 128-row tile as 0.7 of a 256-row tile's
-/// time (its wgmma are half as long for the same dequantization; H100: docs/performance.md, "Fused int GEMM
-/// for prefill"), else 256. E.g. 512 x 4096: 128 tiles of 128 rows are one wave on 132 SMs, 64 of 256 rows
-/// leave half the SMs idle.
-[[nodiscard]] constexpr int tile_rows_for(std::int64_t m, std::int64_t n, int sms) noexcept {
-  const std::int64_t feature_tiles = mma_layout::padded_features(n) / kBN;
-  const auto waves = [&](std::int64_t rows) { return ((m + rows - 1) / rows * feature_tiles + sms - 1) / sms; };
-  return 7 * waves(128) < 10 * waves(256) ? 128 : 256;
+/// How one product is launched: the tile rows (128 or 256) and the grid (split_grid).
+struct gemm_plan {
+  int rows = 256;
+  split_grid grid;
+  int blocks = 0;  ///< grid.whole + tail tiles x grid.parts
+  [[nodiscard]] constexpr int tail_tiles() const noexcept { return (blocks - grid.whole) / grid.parts; }
+};
+
+inline constexpr int kMaxParts = 4;  ///< blocks per split tile at most
+
+/// The plan of an M x N x K product on `sms` multiprocessors (one block each), for `rows`-row tiles. Whole waves
+/// of tiles are computed whole; when `split` allows and the tiles past the last whole wave leave at least half
+/// of the SMs idle, each of those is split over parts = sms / tail (at most kMaxParts, at most K / 64) blocks,
+/// so the tail takes 1 / parts of a wave.
+[[nodiscard]] constexpr gemm_plan plan_with_rows(std::int64_t m, std::int64_t n, std::int64_t k, int sms, int rows, bool split) noexcept {
+  const std::int64_t row_tiles = (m + rows - 1) / rows;
+  const std::int64_t tiles     = row_tiles * (mma_layout::padded_features(n) / kBN);
+  const std::int64_t tail      = tiles % sms;
+  std::int64_t parts           = split && tail > 0 ? sms / tail : 1;
+  parts                        = parts < kMaxParts ? parts : kMaxParts;
+  parts                        = parts < k / kBK ? parts : k / kBK;
+  if (parts < 2) {
+    return {rows, {static_cast<int>(row_tiles), static_cast<int>(tiles), 1}, static_cast<int>(tiles)};
+  }
+  return {rows, {static_cast<int>(row_tiles), static_cast<int>(tiles - tail), static_cast<int>(parts)},
+          static_cast<int>(tiles - tail + tail * parts)};
 }
 
-/// One int_gemm launch with `Rows`-row tiles on x (rows `ldx` apart, already gathered for act-order).
+/// The plan's time in k tiles of one 256-row block: whole waves, plus the tail's share of a wave and, for a
+/// split tail, an allowance for the partial sums' round trip (1.5 k tiles per part: a 128 KB slot written by
+/// every part and read by the last); a 128-row tile counts 0.7 of a 256-row one (its wgmma are half as long for
+/// the same dequantization). Both constants are set so that the plan is the fastest measured one at every
+/// benchmarked shape (H100: docs/performance.md, "Fused int GEMM for prefill").
+[[nodiscard]] constexpr double plan_cost(const gemm_plan& plan, std::int64_t k, int sms) noexcept {
+  const double k_tiles = static_cast<double>(k / kBK);
+  const int waves      = plan.grid.whole / sms;
+  const int tail       = plan.blocks - waves * sms;  // blocks past the whole waves
+  double cost          = k_tiles * waves;
+  if (tail > 0) {
+    cost += plan.grid.parts > 1 ? k_tiles / plan.grid.parts + 1.5 * (plan.grid.parts + 1) : k_tiles;
+  }
+  return (plan.rows == 128 ? 0.7 : 1.0) * cost;
+}
+
+/// The plan int_gemm uses: the cheaper of 128- and 256-row tiles by plan_cost (`rows` = 128 or 256 forces one),
+/// split tails only with `split` (a workspace). E.g. 512 x 4096 x 4096: 64 tiles of 256 rows in two parts each
+/// (128 blocks, one wave of half-length blocks) against 128 tiles of 128 rows.
+[[nodiscard]] constexpr gemm_plan plan_gemm(std::int64_t m, std::int64_t n, std::int64_t k, int sms, bool split, int rows = 0) noexcept {
+  if (rows != 0) {
+    return plan_with_rows(m, n, k, sms, rows, split);
+  }
+  const gemm_plan p128 = plan_with_rows(m, n, k, sms, 128, split), p256 = plan_with_rows(m, n, k, sms, 256, split);
+  return plan_cost(p128, k, sms) < plan_cost(p256, k, sms) ? p128 : p256;
+}
+
+/// One int_gemm launch with `Rows`-row tiles on x (rows `ldx` apart, already gathered for act-order) on the
+/// plan's grid; a split plan needs `scratch` (gemm_workspace) with a slot per tail block.
 template <quantized_policy P, int Stages, class OutT, int Rows>
 void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int64_t k, std::int64_t n, const mma_weight<P>& w,
-                     device_view<OutT, 2> y, cudaStream_t stream, bool accumulate) {
-  const dim3 grid(static_cast<unsigned>((m + Rows - 1) / Rows), static_cast<unsigned>(mma_layout::padded_features(n) / kBN));
+                     device_view<OutT, 2> y, cudaStream_t stream, bool accumulate, const gemm_plan& plan, split_scratch scratch) {
+  QPROB_CHECK(plan.rows == Rows && plan.grid.parts >= 1 && plan.grid.parts <= k / kBK && plan.blocks > 0 &&
+                  (plan.grid.parts == 1 || (scratch.partials != nullptr && scratch.counters != nullptr)),
+              "int_gemm: inconsistent launch plan (", plan.rows, " rows, ", plan.grid.parts, " parts, ", plan.blocks, " blocks)");
   using L      = gemm_smem<P, Stages, Rows>;
   auto* kernel = int_gemm_kernel<P, Stages, OutT, Rows>;
   QPROB_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::launch_bytes));
   const CUtensorMap x_map = x_tensor_map(x, ldx, m, k, Rows);
-  kernel<<<grid, kBlockThreads, L::launch_bytes, stream>>>(
+  kernel<<<static_cast<unsigned>(plan.blocks), kBlockThreads, L::launch_bytes, stream>>>(
       x_map, static_cast<int>(m), static_cast<int>(k), static_cast<int>(n), w.codes.data(), w.scale_zero.data(), static_cast<int>(w.groups),
-      static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate);
+      static_cast<int>(P::group_width(k)), y.data(), y.stride(0), accumulate, plan.grid, scratch);
   QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
+
+/// The multiprocessors of the current device.
+[[nodiscard]] inline int device_sms() {
+  int device = 0, sms = 0;
+  QPROB_CUDA_TRY(cudaGetDevice(&device));
+  QPROB_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
 }  // namespace gemm_detail
+
+/// Scratch that lets int_gemm split the K of the tiles past its last whole wave over several blocks (a partial
+/// last wave otherwise leaves SMs idle: e.g. 172 tiles on 132 SMs): one slot of 256 x 128 float32 partial sums
+/// per multiprocessor of the current device (128 KB each, 17 MB on an H100) and one counter per slot, zeroed
+/// here; every launch leaves the counters zero again. A split tile adds its parts in a fixed order, so results
+/// do not depend on timing, but its rows are summed in another order than an unsplit tile's: whether a row's
+/// tile is split depends on M, so a caller that needs a row's bits independent of the batch (the engine) passes
+/// no workspace. One workspace serves the calls queued on one stream; concurrent calls need one each.
+class gemm_workspace {
+public:
+  gemm_workspace() = default;
+  explicit gemm_workspace(cudaStream_t stream)
+      : slots_(gemm_detail::device_sms()),
+        partials_(static_cast<std::int64_t>(slots_) * 256 * gemm_detail::kBN, stream),
+        counters_(slots_, stream) {
+    counters_.fill_bytes(0);
+  }
+  [[nodiscard]] int slots() const noexcept { return slots_; }
+  [[nodiscard]] gemm_detail::split_scratch scratch() noexcept { return {partials_.data(), counters_.data()}; }
+
+private:
+  int slots_ = 0;
+  device_buffer<float> partials_;
+  device_buffer<unsigned int> counters_;
+};
 
 /// Whether int_gemm runs on this device with x (aligned, contiguous rows): compute capability 9.0.
 [[nodiscard]] inline bool int_gemm_device_supported() noexcept {
@@ -782,12 +954,15 @@ void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int
 /// y (M, N) = x (M, K) W^T on Hopper tensor cores with W repacked by repack_for_mma (see the header comment).
 /// y is fp16 (the sum rounded once) or float32; a float32 y may take the product added to its old values
 /// (`accumulate`: y + x W^T rounded once, a GEMM's beta = 1). Rows of x and y may be strided (16-byte aligned).
-/// Act-order weights gather x's columns first (into a stream-ordered scratch buffer). Queued on `stream`.
-/// @throws invalid_argument for shapes that do not match, misaligned operands, accumulate into fp16 or a device
-///         other than sm_90.
+/// Act-order weights gather x's columns first (into a stream-ordered scratch buffer). With a `workspace` (made
+/// on this device) the tiles past the last whole wave may be split over several blocks (gemm_plan; see
+/// gemm_workspace for what that does to the bits of those rows). `Rows` = 128 or 256 forces the tile rows.
+/// Queued on `stream`.
+/// @throws invalid_argument for shapes that do not match, misaligned operands, accumulate into fp16, a device
+///         other than sm_90 or a workspace made for a device with fewer multiprocessors.
 template <quantized_policy P, int Stages = 5, class OutT = half_t, int Rows = 0>
 void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<OutT, 2> y, cudaStream_t stream,
-              bool accumulate = false) {
+              bool accumulate = false, gemm_workspace* workspace = nullptr) {
   static_assert(Stages >= 2, "int_gemm: the pipeline needs at least two stages");
   static_assert(Rows == 0 || gemm_detail::valid_tile_rows<Rows>, "int_gemm: tiles of 128 or 256 rows (0: chosen by the shape)");
   static_assert(gemm_detail::gemm_bits<P>, "int_gemm: 4 or 8 bits, fp16");
@@ -803,6 +978,9 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
   if (m == 0) {
     return;
   }
+  const int sms = gemm_detail::device_sms();
+  QPROB_CHECK(workspace == nullptr || workspace->slots() >= sms, "int_gemm: the workspace has ", workspace == nullptr ? 0 : workspace->slots(),
+              " slots, this device ", sms, " multiprocessors (a workspace is made for its device)");
   const half_t* xp       = x.data();
   std::int64_t ldx       = x.stride(0);
   device_buffer<half_t> gathered;
@@ -811,17 +989,14 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     xp       = gathered.data();
     ldx      = k;
   }
+  const auto plan    = gemm_detail::plan_gemm(m, n, k, sms, workspace != nullptr, Rows);
+  const auto scratch = workspace != nullptr ? workspace->scratch() : gemm_detail::split_scratch{};
   if constexpr (Rows != 0) {
-    gemm_detail::launch_int_gemm<P, Stages, OutT, Rows>(xp, ldx, m, k, n, w, y, stream, accumulate);
+    gemm_detail::launch_int_gemm<P, Stages, OutT, Rows>(xp, ldx, m, k, n, w, y, stream, accumulate, plan, scratch);
+  } else if (plan.rows == 128) {
+    gemm_detail::launch_int_gemm<P, Stages, OutT, 128>(xp, ldx, m, k, n, w, y, stream, accumulate, plan, scratch);
   } else {
-    int device = 0, sms = 0;
-    QPROB_CUDA_TRY(cudaGetDevice(&device));
-    QPROB_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    if (gemm_detail::tile_rows_for(m, n, sms) == 128) {
-      gemm_detail::launch_int_gemm<P, Stages, OutT, 128>(xp, ldx, m, k, n, w, y, stream, accumulate);
-    } else {
-      gemm_detail::launch_int_gemm<P, Stages, OutT, 256>(xp, ldx, m, k, n, w, y, stream, accumulate);
-    }
+    gemm_detail::launch_int_gemm<P, Stages, OutT, 256>(xp, ldx, m, k, n, w, y, stream, accumulate, plan, scratch);
   }
 }
 

@@ -7,7 +7,9 @@
 // to many 64-wide k tiles (the pipeline's prologue, steady state and drain, both register sets), a row stride
 // larger than K; fp16 and float32 outputs, the latter also accumulated onto existing values (the engine's residual
 // stream); both tile shapes (128 rows of x per block on m64n128, 256 on m64n256: partial row tiles of 1, 44 and
-// 125 rows). Outputs are poisoned first.
+// 125 rows); tails split over K (2-4 parts of 1-16 k tiles, partly or wholly split grids, int_gemm's own plan
+// with a workspace), run twice for the same bits and leaving the arrival counters zero. Outputs are poisoned
+// first.
 //
 // Tolerance (tests/unit/quant/product_check.hpp): float32 accumulation and one fp16 rounding, |y - y_ref| <=
 // 2^-10 |y_ref| + 1e-4 rms(y_ref); a wrong swizzle, descriptor, k step, code, scale, zero, group or fragment
@@ -20,6 +22,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <algorithm>
 #include <numeric>
@@ -36,8 +39,17 @@ namespace p = qprob::policies;
 
 namespace {
 
+/// How check_gemm multiplies: int_gemm without a workspace (never split), int_gemm with one (its own plan, split
+/// where the device's SM count makes the tail worth splitting), or one launch on a given grid (`whole` tiles
+/// whole, the others in `parts` parts) with the test's own scratch, which must be left with zero counters.
+struct split_case {
+  enum { none, workspace, forced } mode = none;
+  int whole = 0, parts = 1;
+};
+
 template <class P, int Stages = 4, int Rows = 128>
-void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx, bool act_order = false) {
+void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx, bool act_order = false,
+                split_case split = {}) {
   std::normal_distribution<double> nd(0.0, 1.0);
   std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
   for (auto& v : w) {
@@ -78,14 +90,47 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
   CAPTURE(m);
   CAPTURE(n);
   CAPTURE(k);
+  CAPTURE(split.mode);
+  CAPTURE(split.whole);
+  CAPTURE(split.parts);
+  namespace gd = qprob::quant::gemm_detail;
+  qprob::quant::gemm_workspace workspace;
+  if (split.mode == split_case::workspace) {
+    workspace = qprob::quant::gemm_workspace(s);
+  }
+  // the forced grid: row tiles x feature tiles, the first `whole` whole, the rest in `parts` parts
+  constexpr int rows  = Rows == 0 ? 1 : Rows;  // (unused without a forced grid)
+  const int row_tiles = static_cast<int>((m + rows - 1) / rows);
+  const int tiles     = row_tiles * static_cast<int>(qprob::quant::mma_layout::padded_features(n) / gd::kBN);
+  const gd::gemm_plan plan{Rows, {row_tiles, split.whole, split.parts}, split.whole + (tiles - split.whole) * split.parts};
+  qprob::device_buffer<float> partials(split.mode == split_case::forced ? std::int64_t{plan.blocks} * Rows / 2 * gd::kThreads : 0, s);
+  qprob::device_buffer<unsigned int> counters(split.mode == split_case::forced ? tiles : 0, s);
+  counters.fill_bytes(0);
+  const auto multiply = [&]<class OutT>(qprob::device_view<OutT, 2> yv, bool accumulate) {
+    if constexpr (Rows != 0) {  // a forced grid names its tile rows
+      if (split.mode == split_case::forced) {
+        REQUIRE(!act_order);  // x is not gathered on this path
+        gd::launch_int_gemm<P, Stages, OutT, Rows>(d_x.data(), ldx, m, k, n, mw, yv, s, accumulate, plan,
+                                                   gd::split_scratch{partials.data(), counters.data()});
+        return;
+      }
+    }
+    REQUIRE(split.mode != split_case::forced);
+    qprob::quant::int_gemm<P, Stages, OutT, Rows>(xv, mw, yv, s, accumulate, split.mode == split_case::workspace ? &workspace : nullptr);
+  };
   double worst = 0;
-  {  // fp16 y
+  {  // fp16 y, twice: a split tile's sum does not depend on which part arrives last
     qprob::device_buffer<qprob::half_t> d_y(m * n, s);
     d_y.fill_bytes(0xff);  // NaN: unwritten outputs fail
-    qprob::quant::int_gemm<P, Stages, qprob::half_t, Rows>(xv, mw, d_y.view(m, n), s);
-    const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst);
+    multiply(d_y.view(m, n), false);
+    const auto first = d_y.to_host();
+    const auto bad   = qprob::test::count_product_errors(ref, first, worst);
     CAPTURE(worst);
     CHECK(bad == 0);
+    d_y.fill_bytes(0xff);
+    multiply(d_y.view(m, n), false);
+    const auto second = d_y.to_host();
+    CHECK(first == second);  // half_t compares bits
   }
   // float32 y, written (over NaN) and accumulated onto random values (the residual stream's epilogue)
   std::vector<float> base(static_cast<std::size_t>(m * n));
@@ -99,11 +144,15 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
     } else {
       d_y.fill_bytes(0xff);
     }
-    qprob::quant::int_gemm<P, Stages, float, Rows>(xv, mw, d_y.view(m, n), s, accumulate);
+    multiply(d_y.view(m, n), accumulate);
     const auto bad = qprob::test::count_product_errors(ref, d_y.to_host(), worst, accumulate ? base : std::vector<float>{});
     CAPTURE(accumulate);
     CAPTURE(worst);
     CHECK(bad == 0);
+  }
+  if (split.mode == split_case::forced) {  // every launch leaves its counters zero for the next
+    const auto left = counters.to_host();
+    CHECK(std::all_of(left.begin(), left.end(), [](unsigned int c) { return c == 0; }));
   }
 }
 
@@ -145,15 +194,111 @@ TEST_CASE("int_gemm with 256-row tiles (m64n256), two stages and the tile rows i
   check_gemm<p::int4_g128, 5, 0>(rng, 520, 1000, 192, 192);       // 128 rows (40 tiles)
 }
 
-TEST_CASE("int_gemm's tile rows: whole waves, a 128-row tile counted as 0.7 of a 256-row tile") {
-  using qprob::quant::gemm_detail::tile_rows_for;
-  CHECK(tile_rows_for(512, 4096, 132) == 128);    // 128 tiles: one wave; 256 rows: 64 tiles, also one wave
-  CHECK(tile_rows_for(512, 11008, 132) == 256);   // 344 tiles: 3 waves (2.1) against 172: 2 waves
-  CHECK(tile_rows_for(1024, 11008, 132) == 256);  // 6 waves (4.2) against 3
-  CHECK(tile_rows_for(4096, 4096, 132) == 256);   // 8 (5.6) against 4
-  CHECK(tile_rows_for(100, 11008, 132) == 128);   // one row tile either way
-  CHECK(tile_rows_for(2100, 2048, 132) == 256);   // 272 tiles: 3 waves (2.1) against 144: 2 waves
-  CHECK(tile_rows_for(512, 4096, 64) == 256);     // on 64 SMs: 2 waves (1.4) against 1
+TEST_CASE("int_gemm with the K of tail tiles split over several blocks equals the dequantized product") {
+  auto rng = qprob::test::make_rng(0x6e42);
+  INFO("seed ", qprob::test::run_seed());
+  using S = split_case;
+  // 300 x 1000: 3 x 8 tiles of 128 rows; 10 whole, 14 in 3 parts of 5 or 6 of 16 k tiles
+  check_gemm<p::int4_g128, 4, 128>(rng, 300, 1000, 1024, 1024, false, {S::forced, 10, 3});
+  check_gemm<p::int4_g128, 4, 256>(rng, 300, 1000, 704, 704, false, {S::forced, 0, 4});   // every tile split; 11 k tiles: 2, 3, 3, 3
+  check_gemm<p::int4_g128, 3, 256>(rng, 257, 264, 128, 128, false, {S::forced, 1, 2});    // one k tile per part
+  check_gemm<p::int8_g128, 5, 256>(rng, 380, 264, 640, 640, false, {S::forced, 2, 4});
+  check_gemm<p::int4_g32, 2, 128>(rng, 77, 200, 320, 320, false, {S::forced, 0, 2});      // groups of 32, two stages
+  check_gemm<p::int4_pc, 4, 128>(rng, 200, 136, 448, 448, false, {S::forced, 1, 3});      // one group for all of K
+  check_gemm<p::int4_g64_asym, 4, 256>(rng, 129, 128, 256, 256, false, {S::forced, 0, 4});
+  // int_gemm's own plan with a workspace (on an H100: 256-row tiles, 2 parts each; 128 rows, 4 parts)
+  check_gemm<p::int4_g128, 5, 0>(rng, 512, 4096, 512, 512, false, {S::workspace});
+  check_gemm<p::int4_g128, 5, 0>(rng, 100, 2048, 1024, 1032, false, {S::workspace});
+  check_gemm<p::int4_g128_act, 5, 0>(rng, 300, 1024, 1024, 1024, true, {S::workspace});  // act-order: x gathered first
+}
+
+TEST_CASE("int_gemm's rows do not depend on the tile shape: 128- and 256-row tiles give the same bits") {
+  // The engine calls int_gemm on a pass's real row count, so a row's tile shape changes with the batch; batch
+  // invariance (docs/engine.md) needs every output to be the same sum either way (k tiles in order, each wgmma
+  // k16 step accumulated in place), which this checks bit for bit, fp16 and float32, with random data.
+  auto rng = qprob::test::make_rng(0x6e43);
+  INFO("seed ", qprob::test::run_seed());
+  using P = p::int4_g128;
+  const std::int64_t m = 300, n = 264, k = 1024;
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k)), x(static_cast<std::size_t>(m * k));
+  for (auto& v : w) {
+    v = qprob::to_half(0.05 * nd(rng));
+  }
+  for (auto& v : x) {
+    v = qprob::to_half(nd(rng));
+  }
+  const auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  cudaStream_t s = nullptr;
+  qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
+  qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
+  qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
+  qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
+  const auto mw = qprob::quant::repack_for_mma<P>(std::as_const(d_q).view(P::packed_words(k), n), std::as_const(d_s).view(P::groups(k), n),
+                                                  std::as_const(d_z).view(P::groups(k), n), {}, s);
+  const auto xv = std::as_const(d_x).view(m, k);
+  qprob::device_buffer<qprob::half_t> h128(m * n, s), h256(m * n, s);
+  qprob::device_buffer<float> f128(m * n, s), f256(m * n, s);
+  qprob::quant::int_gemm<P, 4, qprob::half_t, 128>(xv, mw, h128.view(m, n), s);
+  qprob::quant::int_gemm<P, 4, qprob::half_t, 256>(xv, mw, h256.view(m, n), s);
+  qprob::quant::int_gemm<P, 4, float, 128>(xv, mw, f128.view(m, n), s);
+  qprob::quant::int_gemm<P, 4, float, 256>(xv, mw, f256.view(m, n), s);
+  const auto a = h128.to_host(), b = h256.to_host();
+  const auto fa = f128.to_host(), fb = f256.to_host();
+  CHECK(a == b);  // half_t compares bits
+  CHECK(std::memcmp(fa.data(), fb.data(), fa.size() * sizeof(float)) == 0);
+  CHECK(std::any_of(fa.begin(), fa.end(), [](float v) { return v != 0.0f; }));
+}
+
+TEST_CASE("int_gemm's plan: whole waves, split tails, a 128-row tile counted as 0.7 of a 256-row tile") {
+  using qprob::quant::gemm_detail::plan_gemm;
+  const auto rows = [](const auto& plan) { return plan.rows; };
+  // without a workspace: tile rows by whole waves, nothing split
+  CHECK(rows(plan_gemm(512, 4096, 4096, 132, false)) == 128);    // 128 tiles: one wave (0.7); 256 rows: 64 tiles, also one (1)
+  CHECK(rows(plan_gemm(512, 11008, 4096, 132, false)) == 256);   // 344 tiles: 3 waves (2.1) against 172: 2 waves
+  CHECK(rows(plan_gemm(1024, 11008, 4096, 132, false)) == 256);  // 6 waves (4.2) against 3
+  CHECK(rows(plan_gemm(4096, 4096, 4096, 132, false)) == 256);   // 8 (5.6) against 4
+  CHECK(rows(plan_gemm(100, 11008, 4096, 132, false)) == 128);   // one row tile either way
+  CHECK(rows(plan_gemm(2100, 2048, 4096, 132, false)) == 256);   // 272 tiles: 3 waves (2.1) against 144: 2 waves
+  CHECK(rows(plan_gemm(512, 4096, 4096, 64, false)) == 256);     // on 64 SMs: 2 waves (1.4) against 1
+  CHECK(plan_gemm(512, 11008, 4096, 132, false).grid.parts == 1);
+  CHECK(plan_gemm(512, 11008, 4096, 132, false).blocks == 172);
+  // with one: 172 tiles of 256 rows = one whole wave + 40 tiles in 3 parts (120 blocks)
+  const auto a = plan_gemm(512, 11008, 4096, 132, true);
+  CHECK(a.rows == 256);
+  CHECK(a.grid.row_tiles == 2);
+  CHECK(a.grid.whole == 132);
+  CHECK(a.grid.parts == 3);
+  CHECK(a.blocks == 252);
+  CHECK(a.tail_tiles() == 40);
+  // 64 tiles of 256 rows in 2 parts (half a wave's time) beat 128 tiles of 128 rows (0.7)
+  const auto b = plan_gemm(512, 4096, 4096, 132, true);
+  CHECK(b.rows == 256);
+  CHECK(b.grid.whole == 0);
+  CHECK(b.grid.parts == 2);
+  CHECK(b.blocks == 128);
+  // 2048 x 11008: 688 tiles = 5 waves + 28 tiles in 4 parts (kMaxParts)
+  const auto c = plan_gemm(2048, 11008, 4096, 132, true);
+  CHECK(c.rows == 256);
+  CHECK(c.grid.whole == 660);
+  CHECK(c.grid.parts == 4);
+  // tails of more than half a wave are not split: 344 tiles = 2 waves + 80
+  const auto d = plan_gemm(1024, 11008, 4096, 132, true);
+  CHECK(d.grid.parts == 1);
+  CHECK(d.blocks == 344);
+  // parts never exceed the k tiles: K = 128 is two
+  CHECK(plan_gemm(128, 1024, 128, 132, true).grid.parts == 2);
+  // every block's share of K: consecutive, covering all of it
+  const auto e = plan_gemm(300, 1000, 704, 132, true, 256);
+  for (int blk = 0, next = 0; blk < e.blocks; ++blk) {
+    const auto w = e.grid.work_of(blk, 11);
+    CHECK(w.k_begin == (w.part == 0 ? 0 : next));
+    CHECK(w.k_end > w.k_begin);
+    next = w.k_end;
+    if (w.part == w.parts - 1) {
+      CHECK(w.k_end == 11);
+    }
+  }
 }
 
 TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the reason") {
@@ -184,4 +329,6 @@ TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the
   qprob::device_buffer<qprob::half_t> x(m * 2 * k2, s), y(m * n, s);
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, 2 * k2), mw, y.view(m, n), s), qprob::invalid_argument);
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, k2), mw, y.view(m, n), s, true), qprob::invalid_argument);  // fp16 y
+  qprob::quant::gemm_workspace empty;  // no slots: not made for this device
+  CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, k2), mw, y.view(m, n), s, false, &empty), qprob::invalid_argument);
 }
