@@ -485,7 +485,7 @@ struct block_work {
 
 /// The grid of a launch: `whole` tiles are computed whole by blocks 0 .. whole - 1 (whole waves), and each of the
 /// remaining tiles (the tail, when it would leave most SMs idle) by `parts` blocks, each over an equal share of K
-/// (split_k_range), whose partial sums one of them adds up in a fixed order (reduce_parts).
+/// (work_of), whose partial sums one of them adds up in a fixed order (reduce_parts).
 struct split_grid {
   int row_tiles = 1;  ///< row tiles of x (ceil(M / Rows))
   int whole     = 0;  ///< tiles computed whole (the first ones)
@@ -864,8 +864,8 @@ inline constexpr int kMaxParts = 4;  ///< blocks per split tile at most
 /// The plan's time in k tiles of one 256-row block: whole waves, plus the tail's share of a wave and, for a
 /// split tail, an allowance for the partial sums' round trip (1.5 k tiles per part: a 128 KB slot written by
 /// every part and read by the last); a 128-row tile counts 0.7 of a 256-row one (its wgmma are half as long for
-/// the same dequantization). Both constants are set so that the plan is the fastest measured one at every
-/// benchmarked shape (H100: docs/performance.md, "Fused int GEMM for prefill").
+/// the same dequantization). Both constants are estimates; with them the plan is the fastest of the measured
+/// plans at every benchmarked shape (H100: docs/performance.md, "Fused int GEMM for prefill").
 [[nodiscard]] constexpr double plan_cost(const gemm_plan& plan, std::int64_t k, int sms) noexcept {
   const double k_tiles = static_cast<double>(k / kBK);
   const int waves      = plan.grid.whole / sms;
@@ -921,21 +921,30 @@ void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int
 /// here; every launch leaves the counters zero again. A split tile adds its parts in a fixed order, so results
 /// do not depend on timing, but its rows are summed in another order than an unsplit tile's: whether a row's
 /// tile is split depends on M, so a caller that needs a row's bits independent of the batch (the engine) passes
-/// no workspace. One workspace serves the calls queued on one stream; concurrent calls need one each.
+/// no workspace. One workspace serves the calls queued on one stream of its device; concurrent calls need one
+/// each. A default-constructed workspace belongs to no device.
 class gemm_workspace {
 public:
   gemm_workspace() = default;
   explicit gemm_workspace(cudaStream_t stream)
-      : slots_(gemm_detail::device_sms()),
+      : device_(current_device()),
+        slots_(gemm_detail::device_sms()),
         partials_(static_cast<std::int64_t>(slots_) * 256 * gemm_detail::kBN, stream),
         counters_(slots_, stream) {
     counters_.fill_bytes(0);
   }
+  [[nodiscard]] int device() const noexcept { return device_; }  ///< -1: none
   [[nodiscard]] int slots() const noexcept { return slots_; }
   [[nodiscard]] gemm_detail::split_scratch scratch() noexcept { return {partials_.data(), counters_.data()}; }
+  [[nodiscard]] static int current_device() {
+    int device = 0;
+    QPROB_CUDA_TRY(cudaGetDevice(&device));
+    return device;
+  }
 
 private:
-  int slots_ = 0;
+  int device_ = -1;
+  int slots_  = 0;
   device_buffer<float> partials_;
   device_buffer<unsigned int> counters_;
 };
@@ -959,7 +968,7 @@ private:
 /// gemm_workspace for what that does to the bits of those rows). `Rows` = 128 or 256 forces the tile rows.
 /// Queued on `stream`.
 /// @throws invalid_argument for shapes that do not match, misaligned operands, accumulate into fp16, a device
-///         other than sm_90 or a workspace made for a device with fewer multiprocessors.
+///         other than sm_90 or a workspace made on another device (or none).
 template <quantized_policy P, int Stages = 5, class OutT = half_t, int Rows = 0>
 void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_view<OutT, 2> y, cudaStream_t stream,
               bool accumulate = false, gemm_workspace* workspace = nullptr) {
@@ -979,8 +988,9 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     return;
   }
   const int sms = gemm_detail::device_sms();
-  QPROB_CHECK(workspace == nullptr || workspace->slots() >= sms, "int_gemm: the workspace has ", workspace == nullptr ? 0 : workspace->slots(),
-              " slots, this device ", sms, " multiprocessors (a workspace is made for its device)");
+  QPROB_CHECK(workspace == nullptr || (workspace->device() == gemm_workspace::current_device() && workspace->slots() >= sms),
+              "int_gemm: the workspace belongs to device ", workspace == nullptr ? -1 : workspace->device(), ", not to the current device ",
+              gemm_workspace::current_device(), " (a workspace is made on the device it serves)");
   const half_t* xp       = x.data();
   std::int64_t ldx       = x.stride(0);
   device_buffer<half_t> gathered;

@@ -329,6 +329,6 @@ TEST_CASE("repack_for_mma and int_gemm refuse what they do not support, with the
   qprob::device_buffer<qprob::half_t> x(m * 2 * k2, s), y(m * n, s);
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, 2 * k2), mw, y.view(m, n), s), qprob::invalid_argument);
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, k2), mw, y.view(m, n), s, true), qprob::invalid_argument);  // fp16 y
-  qprob::quant::gemm_workspace empty;  // no slots: not made for this device
+  qprob::quant::gemm_workspace empty;  // default-constructed: belongs to no device
   CHECK_THROWS_AS(qprob::quant::int_gemm<P>(std::as_const(x).view(m, k2), mw, y.view(m, n), s, false, &empty), qprob::invalid_argument);
 }
