@@ -268,7 +268,7 @@ void BM_int_gemm(benchmark::State& state) {
   }
   qprob::bench::time_iterations(state, s, run);
   state.counters["TFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(m * n * k) / 1e12, benchmark::Counter::kIsIterationInvariantRate);
-  const auto plan = qprob::quant::gemm_detail::plan_gemm(m, n, k, qprob::quant::gemm_detail::device_sms(), Split, Rows);
+  const auto plan = qprob::quant::gemm_detail::plan_gemm(m, n, k, qprob::quant::gemm_detail::current_device_sms().sms, Split, Rows);
   state.counters["rows"]  = plan.rows;
   state.counters["whole"] = plan.grid.whole;
   state.counters["parts"] = plan.grid.parts;

@@ -906,12 +906,16 @@ void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int
   QPROB_CUDA_TRY(qprob::detail::post_launch(stream));
 }
 
-/// The multiprocessors of the current device.
-[[nodiscard]] inline int device_sms() {
+/// The current device and its multiprocessors (one attribute query: int_gemm asks on every call, where
+/// current_device_info's cudaGetDeviceProperties would cost more than a small product).
+struct device_sms {
   int device = 0, sms = 0;
-  QPROB_CUDA_TRY(cudaGetDevice(&device));
-  QPROB_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
+};
+[[nodiscard]] inline device_sms current_device_sms() {
+  device_sms d;
+  QPROB_CUDA_TRY(cudaGetDevice(&d.device));
+  QPROB_CUDA_TRY(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.device));
+  return d;
 }
 }  // namespace gemm_detail
 
@@ -926,23 +930,19 @@ void launch_int_gemm(const half_t* x, std::int64_t ldx, std::int64_t m, std::int
 class gemm_workspace {
 public:
   gemm_workspace() = default;
-  explicit gemm_workspace(cudaStream_t stream)
-      : device_(current_device()),
-        slots_(gemm_detail::device_sms()),
+  explicit gemm_workspace(cudaStream_t stream) : gemm_workspace(gemm_detail::current_device_sms(), stream) {}
+  [[nodiscard]] int device() const noexcept { return device_; }  ///< -1: none
+  [[nodiscard]] int slots() const noexcept { return slots_; }
+  [[nodiscard]] gemm_detail::split_scratch scratch() noexcept { return {partials_.data(), counters_.data()}; }
+
+private:
+  gemm_workspace(gemm_detail::device_sms d, cudaStream_t stream)
+      : device_(d.device),
+        slots_(d.sms),
         partials_(static_cast<std::int64_t>(slots_) * 256 * gemm_detail::kBN, stream),
         counters_(slots_, stream) {
     counters_.fill_bytes(0);
   }
-  [[nodiscard]] int device() const noexcept { return device_; }  ///< -1: none
-  [[nodiscard]] int slots() const noexcept { return slots_; }
-  [[nodiscard]] gemm_detail::split_scratch scratch() noexcept { return {partials_.data(), counters_.data()}; }
-  [[nodiscard]] static int current_device() {
-    int device = 0;
-    QPROB_CUDA_TRY(cudaGetDevice(&device));
-    return device;
-  }
-
-private:
   int device_ = -1;
   int slots_  = 0;
   device_buffer<float> partials_;
@@ -987,10 +987,10 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
   if (m == 0) {
     return;
   }
-  const int sms = gemm_detail::device_sms();
-  QPROB_CHECK(workspace == nullptr || (workspace->device() == gemm_workspace::current_device() && workspace->slots() >= sms),
+  const auto dev = gemm_detail::current_device_sms();
+  QPROB_CHECK(workspace == nullptr || (workspace->device() == dev.device && workspace->slots() >= dev.sms),
               "int_gemm: the workspace belongs to device ", workspace == nullptr ? -1 : workspace->device(), ", not to the current device ",
-              gemm_workspace::current_device(), " (a workspace is made on the device it serves)");
+              dev.device, " (a workspace is made on the device it serves)");
   const half_t* xp       = x.data();
   std::int64_t ldx       = x.stride(0);
   device_buffer<half_t> gathered;
@@ -999,7 +999,7 @@ void int_gemm(device_view<const half_t, 2> x, const mma_weight<P>& w, device_vie
     xp       = gathered.data();
     ldx      = k;
   }
-  const auto plan    = gemm_detail::plan_gemm(m, n, k, sms, workspace != nullptr, Rows);
+  const auto plan    = gemm_detail::plan_gemm(m, n, k, dev.sms, workspace != nullptr, Rows);
   const auto scratch = workspace != nullptr ? workspace->scratch() : gemm_detail::split_scratch{};
   if constexpr (Rows != 0) {
     gemm_detail::launch_int_gemm<P, Stages, OutT, Rows>(xp, ldx, m, k, n, w, y, stream, accumulate, plan, scratch);
