@@ -47,42 +47,68 @@ struct split_case {
   int whole = 0, parts = 1;
 };
 
+/// int_gemm's operands: a random (N, K) weight (entries 0.05 N(0, 1)) RTN-quantized under P, with act-order a
+/// random GPTQ g_idx, repacked for int_gemm, and a random x of M rows `ldx` apart, on the device (stream 0).
+template <class P>
+struct gemm_operands {
+  std::int64_t m, n, k, ldx;
+  qprob::reference::quantized_weight q;
+  std::vector<std::int32_t> g_idx;
+  std::vector<qprob::half_t> x;
+  qprob::device_buffer<std::uint32_t> d_q;
+  qprob::device_buffer<qprob::half_t> d_s;
+  qprob::device_buffer<std::uint8_t> d_z;
+  qprob::device_buffer<qprob::half_t> d_x;
+  qprob::quant::mma_weight<P> mw;
+
+  gemm_operands(std::mt19937_64& rng, std::int64_t m_, std::int64_t n_, std::int64_t k_, std::int64_t ldx_, bool act_order)
+      : m(m_), n(n_), k(k_), ldx(ldx_), q(quantized(rng, n_, k_)), g_idx(act_order ? random_g_idx(rng, k_) : std::vector<std::int32_t>{}),
+        x(normal(rng, m_ * ldx_)), d_q(std::span<const std::uint32_t>(q.qweight), nullptr),
+        d_s(std::span<const qprob::half_t>(q.scales), nullptr), d_z(std::span<const std::uint8_t>(q.zeros), nullptr),
+        d_x(std::span<const qprob::half_t>(x), nullptr) {
+    REQUIRE(qprob::quant::mma_layout_supported<P>(n, k, g_idx));
+    mw = qprob::quant::repack_for_mma<P>(std::as_const(d_q).view(P::packed_words(k), n), std::as_const(d_s).view(P::groups(k), n),
+                                         std::as_const(d_z).view(P::groups(k), n), g_idx, nullptr);
+  }
+  [[nodiscard]] qprob::device_view<const qprob::half_t, 2> xv() const {
+    return qprob::device_view<const qprob::half_t, 2>(d_x.data(), {m, k}, {ldx, 1});
+  }
+
+private:
+  static std::vector<qprob::half_t> normal(std::mt19937_64& rng, std::int64_t count, double scale = 1.0) {
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<qprob::half_t> v(static_cast<std::size_t>(count));
+    for (auto& e : v) {
+      e = qprob::to_half(scale * nd(rng));
+    }
+    return v;
+  }
+  static qprob::reference::quantized_weight quantized(std::mt19937_64& rng, std::int64_t n, std::int64_t k) {
+    const auto w = normal(rng, n * k, 0.05);
+    return qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  }
+  // GPTQ's act-order: column perm[i] belongs to group i / group_width
+  static std::vector<std::int32_t> random_g_idx(std::mt19937_64& rng, std::int64_t k) {
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(k)), g(static_cast<std::size_t>(k));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    for (std::int64_t i = 0; i < k; ++i) {
+      g[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] = static_cast<std::int32_t>(i / P::group_width(k));
+    }
+    return g;
+  }
+};
+
 template <class P, int Stages = 4, int Rows = 128>
 void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t ldx, bool act_order = false,
                 split_case split = {}) {
   std::normal_distribution<double> nd(0.0, 1.0);
-  std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k));
-  for (auto& v : w) {
-    v = qprob::to_half(0.05 * nd(rng));
-  }
-  const auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
-  std::vector<std::int32_t> g_idx;
-  if (act_order) {  // GPTQ's act-order: column perm[i] belongs to group i / group_width
-    std::vector<std::int32_t> perm(static_cast<std::size_t>(k));
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    g_idx.resize(static_cast<std::size_t>(k));
-    for (std::int64_t i = 0; i < k; ++i) {
-      g_idx[static_cast<std::size_t>(perm[static_cast<std::size_t>(i)])] = static_cast<std::int32_t>(i / P::group_width(k));
-    }
-  }
-  const auto deq = qprob::test::dequantized_weight<P>(q, n, k, g_idx);
-  std::vector<qprob::half_t> x(static_cast<std::size_t>(m * ldx));
-  for (auto& v : x) {
-    v = qprob::to_half(nd(rng));
-  }
+  const gemm_operands<P> op(rng, m, n, k, ldx, act_order);
+  const auto& x  = op.x;
+  const auto& mw = op.mw;
+  const auto xv  = op.xv();
+  const auto ref = qprob::test::reference_product(x, ldx, qprob::test::dequantized_weight<P>(op.q, n, k, op.g_idx), m, n, k);
   cudaStream_t s = nullptr;
-  qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
-  qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
-  qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
-  qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
-  const auto xv = qprob::device_view<const qprob::half_t, 2>(d_x.data(), {m, k}, {ldx, 1});
-  const auto qv = std::as_const(d_q).view(P::packed_words(k), n);
-  const auto sv = std::as_const(d_s).view(P::groups(k), n);
-  const auto zv = std::as_const(d_z).view(P::groups(k), n);
-  REQUIRE(qprob::quant::mma_layout_supported<P>(n, k, g_idx));
-  const auto mw  = qprob::quant::repack_for_mma<P>(qv, sv, zv, g_idx, s);
-  const auto ref = qprob::test::reference_product(x, ldx, deq, m, n, k);
   CAPTURE(qprob::policy_name<P>());
   CAPTURE(Stages);
   CAPTURE(Rows);
@@ -110,7 +136,7 @@ void check_gemm(std::mt19937_64& rng, std::int64_t m, std::int64_t n, std::int64
     if constexpr (Rows != 0) {  // a forced grid names its tile rows
       if (split.mode == split_case::forced) {
         REQUIRE(!act_order);  // x is not gathered on this path
-        gd::launch_int_gemm<P, Stages, OutT, Rows>(d_x.data(), ldx, m, k, n, mw, yv, s, accumulate, plan,
+        gd::launch_int_gemm<P, Stages, OutT, Rows>(op.d_x.data(), ldx, m, k, n, mw, yv, s, accumulate, plan,
                                                    gd::split_scratch{partials.data(), counters.data()});
         return;
       }
@@ -220,23 +246,10 @@ TEST_CASE("int_gemm's rows do not depend on the tile shape: 128- and 256-row til
   INFO("seed ", qprob::test::run_seed());
   using P = p::int4_g128;
   const std::int64_t m = 300, n = 264, k = 1024;
-  std::normal_distribution<double> nd(0.0, 1.0);
-  std::vector<qprob::half_t> w(static_cast<std::size_t>(n * k)), x(static_cast<std::size_t>(m * k));
-  for (auto& v : w) {
-    v = qprob::to_half(0.05 * nd(rng));
-  }
-  for (auto& v : x) {
-    v = qprob::to_half(nd(rng));
-  }
-  const auto q = qprob::reference::rtn_quantize<P, qprob::half_t>(qprob::make_host_view(w.data(), n, k));
+  const gemm_operands<P> op(rng, m, n, k, k, false);
+  const auto& mw = op.mw;
+  const auto xv  = op.xv();
   cudaStream_t s = nullptr;
-  qprob::device_buffer<std::uint32_t> d_q(std::span<const std::uint32_t>(q.qweight), s);
-  qprob::device_buffer<qprob::half_t> d_s(std::span<const qprob::half_t>(q.scales), s);
-  qprob::device_buffer<std::uint8_t> d_z(std::span<const std::uint8_t>(q.zeros), s);
-  qprob::device_buffer<qprob::half_t> d_x(std::span<const qprob::half_t>(x), s);
-  const auto mw = qprob::quant::repack_for_mma<P>(std::as_const(d_q).view(P::packed_words(k), n), std::as_const(d_s).view(P::groups(k), n),
-                                                  std::as_const(d_z).view(P::groups(k), n), {}, s);
-  const auto xv = std::as_const(d_x).view(m, k);
   qprob::device_buffer<qprob::half_t> h128(m * n, s), h256(m * n, s);
   qprob::device_buffer<float> f128(m * n, s), f256(m * n, s);
   qprob::quant::int_gemm<P, 4, qprob::half_t, 128>(xv, mw, h128.view(m, n), s);
